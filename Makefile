@@ -1,0 +1,29 @@
+# Set-up is part of every target: the first call creates .venv and installs fedsilo into it;
+# later calls reuse it (re-installing only when pyproject.toml changed).
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: run test smoke lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)          ## the default scenario (3 banks, 2 hospitals, offline MiniLM)
+	$(VENV)/bin/fedsilo run $(ARGS)
+
+test: $(STAMP)         ## the whole test suite, Ray simulations included
+	$(VENV)/bin/python -m pytest -q $(ARGS)
+
+smoke: $(STAMP)        ## a tiny locally built BERT: seconds per round
+	$(VENV)/bin/fedsilo run configs/smoke.toml $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src server clients strategies tests benchmarks
+
+clean:
+	rm -rf runs .fedsilo-cache

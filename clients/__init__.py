@@ -1,0 +1,1 @@
+"""The ClientApp (clients.app:app): one institution's node."""

@@ -1,0 +1,1 @@
+"""The ServerApp (server.app:app) and its run record."""

@@ -1,0 +1,89 @@
+"""The ServerApp, read top to bottom: scenario -> roster of institutions -> initial head ->
+strategy -> rounds (train, evaluate, record, checkpoint) -> summary."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from fedsilo import config, results
+from fedsilo.models import backbone as bb
+from fedsilo.models import build_head, head_to_arrays
+from server.record import RunRecorder, _say
+from strategies import ClientFailure, RoundLedger, build_strategy
+
+app = ServerApp()
+
+
+def expected_institutions(s: config.Scenario) -> int | None:
+    """How many institutions the scenario names, when that is known without the data."""
+    if s.data.source == "synthetic" or s.data.partition != "natural":
+        return s.federation.banks + s.federation.hospitals
+    return None
+
+
+def handshake(grid: Grid, s: config.Scenario, wait_s: float = 60.0) -> dict[int, dict]:
+    """Ask every node which institution it serves; return node id -> its description."""
+    expected = expected_institutions(s)
+    deadline = time.monotonic() + wait_s
+    nodes = list(grid.get_node_ids())
+    while expected is not None and len(nodes) < expected and time.monotonic() < deadline:
+        time.sleep(1.0)
+        nodes = list(grid.get_node_ids())
+    if expected is not None and len(nodes) != expected:
+        raise ClientFailure(f"the scenario has {expected} institutions but {len(nodes)} "
+                            f"nodes are connected")
+    msgs = [Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=n)
+            for n in nodes]
+    roster: dict[int, dict] = {}
+    problems, answered = [], set()
+    for reply in grid.send_and_receive(msgs, timeout=s.strategy.round_timeout_s):
+        node = reply.metadata.src_node_id
+        answered.add(node)
+        if reply.has_error():
+            problems.append(f"node {node} could not start: {reply.error.reason}")
+        else:
+            roster[node] = dict(reply.content["info"])
+    problems += [f"node {n} did not answer the handshake"
+                 for n in sorted(set(nodes) - answered)]
+    if problems:
+        raise ClientFailure("; ".join(problems))
+    names = [info["institution"] for info in roster.values()]
+    if len(set(names)) != len(names):
+        raise ClientFailure(f"two nodes serve the same institution: {sorted(names)}")
+    labels = {tuple(info["labels"]) for info in roster.values()}
+    if len(labels) != 1:
+        raise ClientFailure("institutions disagree on the label set")
+    return dict(sorted(roster.items(), key=lambda kv: kv[1]["index"]))
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    s = config.from_flat(dict(context.run_config))
+    run_dir = Path(s.output.run_dir) if s.output.run_dir else results.new_run_dir(s)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.toml").write_text(config.to_toml(s))
+
+    roster = handshake(grid, s)
+    labels = list(next(iter(roster.values()))["labels"])
+    _say(f"{len(roster)} institutions: " + ", ".join(
+        f"{i['institution']} ({i['kind']}, {i['num-train']} train / {i['num-test']} test)"
+        for i in roster.values()))
+
+    ref = bb.resolve(s.model.backbone, str(Path(s.simulation.cache_dir).resolve()))
+    head = build_head(s.model, ref.hidden_size, len(labels), seed=s.scenario.seed)
+    initial = head_to_arrays(head)
+
+    ledger = RoundLedger(roster)
+    recorder = RunRecorder(s, run_dir, ledger, labels)
+    strategy = build_strategy(s, ledger, num_nodes=len(roster))
+    strategy.on_round_start = recorder.on_round_start
+    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=s.scenario.rounds,
+                            timeout=s.strategy.round_timeout_s, train_config=ConfigRecord(),
+                            evaluate_config=ConfigRecord(),
+                            evaluate_fn=recorder.on_round_end)
+    summary = recorder.finish(result.arrays)
+    _say("\n" + results.final_table(summary))

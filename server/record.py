@@ -1,0 +1,146 @@
+"""The server's record of a run: one metrics row, checkpoint and progress line per round,
+then the summary, the final head and the plot."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+
+from fedsilo import results
+from fedsilo.config import Scenario
+from strategies import RoundLedger, aggregate_evaluate_metrics
+
+
+def _say(text: str) -> None:
+    print(text, flush=True, file=sys.stdout)
+
+
+class RunRecorder:
+    def __init__(self, s: Scenario, run_dir: Path, ledger: RoundLedger, labels: list[str]):
+        self.s, self.run_dir, self.ledger, self.labels = s, run_dir, ledger, labels
+        self.t_start = time.perf_counter()
+        self.t_round = self.t_start
+        self.started_at = time.time()
+        self.first_round_started: float | None = None
+        self.first_round_started_at: float | None = None
+        self.rows: list[dict] = []
+        (run_dir / "metrics.jsonl").write_text("")
+
+    # -- per round --------------------------------------------------------------------
+    def on_round_start(self, server_round: int, stage: str, num_nodes: int) -> None:
+        if stage != "training":
+            return
+        if self.first_round_started is None:
+            self.first_round_started = time.perf_counter()
+            self.first_round_started_at = time.time()
+            cache = "encoding their data once (cached afterwards)" if self.s.model.cache \
+                else "encoding their data"
+            _say(f"round 1/{self.s.scenario.rounds}: {num_nodes} institutions training, "
+                 f"{cache}...")
+
+    def on_round_end(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Flower's evaluate_fn hook: runs after each round's aggregation and evaluation."""
+        if server_round == 0:
+            return None
+        now = time.perf_counter()
+        row = self._row(server_round, now - self.t_round)
+        self.t_round = now
+        self.rows.append(row)
+        with (self.run_dir / "metrics.jsonl").open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        self._checkpoint(server_round, arrays)
+        self._progress(row)
+        g = row["global"]
+        return MetricRecord({"accuracy": g["accuracy"], "macro-f1": g["macro_f1"]})
+
+    def _row(self, server_round: int, wall: float) -> dict:
+        train = self.ledger.train.get(server_round, {})
+        evals = self.ledger.evaluate.get(server_round, {})
+        kinds = {i["institution"]: i["kind"] for i in self.ledger.roster.values()}
+        insts = {}
+        for name in sorted(set(train) | set(evals), key=list(kinds).index):
+            e, t = evals.get(name, {}), train.get(name, {})
+            insts[name] = {
+                "kind": kinds[name],
+                "accuracy": e.get("accuracy"), "macro_f1": e.get("macro-f1"),
+                "loss": e.get("loss"), "test_examples": e.get("num-examples"),
+                "train_loss": t.get("train-loss"), "train_examples": t.get("num-examples"),
+                "train_time_s": t.get("train-time-s"),
+            }
+        if evals:
+            g = aggregate_evaluate_metrics(
+                [RecordDict({"m": MetricRecord(v)}) for v in evals.values()], "num-examples")
+        else:
+            g = {"accuracy": float("nan"), "macro-f1": float("nan"), "loss": float("nan"),
+                 "num-examples": 0}
+        n_train = sum(t["num-examples"] for t in train.values())
+        train_loss = (sum(t["train-loss"] * t["num-examples"] for t in train.values())
+                      / n_train) if n_train else None
+        return {
+            "round": server_round,
+            "global": {"accuracy": g["accuracy"], "macro_f1": g["macro-f1"],
+                       "loss": g["loss"], "test_examples": g["num-examples"],
+                       "train_loss": train_loss},
+            "institutions": insts,
+            "bytes_up": self.ledger.bytes_up.get(server_round, 0),
+            "bytes_down": self.ledger.bytes_down.get(server_round, 0),
+            "wall_time_s": wall,
+            "elapsed_s": time.perf_counter() - self.t_start,
+        }
+
+    def _checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
+        state = {"round": server_round, "rounds": self.s.scenario.rounds,
+                 "seed": self.s.scenario.seed, "strategy": self.s.strategy.name,
+                 "strategy_state": {}, "labels": self.labels}
+        results.write_checkpoint(self.run_dir, {k: v.numpy() for k, v in arrays.items()},
+                                 state)
+
+    def _progress(self, row: dict) -> None:
+        r, total = row["round"], self.s.scenario.rounds
+        done = [x["wall_time_s"] for x in self.rows[1:]] or [row["wall_time_s"]]
+        eta = (total - r) * float(np.mean(done))
+        g = row["global"]
+        tl = f"{g['train_loss']:.3f}" if g["train_loss"] is not None else "-"
+        worst = min((v["accuracy"] for v in row["institutions"].values()
+                     if v["accuracy"] is not None), default=float("nan"))
+        _say(f"round {r:>3}/{total}  acc {g['accuracy']:.3f}  macro-F1 {g['macro_f1']:.3f}  "
+             f"worst inst acc {worst:.3f}  test loss {g['loss']:.3f}  train loss {tl}  "
+             f"{row['wall_time_s']:.1f}s  ETA {eta:.0f}s")
+
+    # -- end of run -------------------------------------------------------------------
+    def finish(self, arrays: ArrayRecord) -> dict:
+        wall = time.perf_counter() - self.t_start
+        results.save_arrays(self.run_dir / "head.npz", {k: v.numpy() for k, v in
+                                                        arrays.items()})
+        last = self.rows[-1]
+        best = max(self.rows, key=lambda r: r["global"]["accuracy"])
+        before = (self.first_round_started or self.t_start) - self.t_start
+        summary = {
+            "status": "completed",
+            "scenario": self.s.scenario.name,
+            "rounds": len(self.rows),
+            "final": {"round": last["round"], "global": last["global"],
+                      "institutions": last["institutions"]},
+            "best": {"round": best["round"], "global": best["global"]},
+            "first_round": {"global": self.rows[0]["global"]},
+            "wall_time_s": wall,
+            "started_at": self.started_at,
+            "first_round_started_at": self.first_round_started_at,
+            "before_first_round_s": before,
+            "first_round_s": self.rows[0]["wall_time_s"],
+            "bytes": {"up": sum(r["bytes_up"] for r in self.rows),
+                      "down": sum(r["bytes_down"] for r in self.rows),
+                      "per_round_up": last["bytes_up"], "per_round_down": last["bytes_down"]},
+            "model": {"backbone": self.s.model.backbone, "scope": self.s.model.scope,
+                      "shared_parameters": int(sum(v.numpy().size for v in arrays.values()))},
+            "labels": self.labels,
+        }
+        results.write_json(self.run_dir / "summary.json", summary)
+        if self.s.output.plot:
+            results.plot_accuracy(self.run_dir, self.rows)
+        return summary

@@ -1,0 +1,306 @@
+"""The scenario: one typed, validated object built from TOML files and overrides.
+
+Every knob has exactly one default, here. A scenario file in configs/ holds only what
+differs. The same flat ``section.key`` form is what Flower's ``--run-config`` and
+``[tool.flwr.app.config]`` use, so ``fedsilo run configs/x.toml`` and
+``flwr run . --run-config configs/x.toml`` read the same file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad scenario: the message names the field or file and what is wrong."""
+
+
+def _opt(default: Any, help: str, choices: tuple | None = None, low: float | None = None,
+         high: float | None = None, low_open: bool = False) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices, "low": low,
+                                            "high": high, "low_open": low_open})
+
+
+@dataclass(frozen=True)
+class ScenarioSection:
+    name: str = _opt("bank_hospital", "name of the scenario; prefix of the run directory")
+    seed: int = _opt(42, "seed for data generation, partitioning, head init and training")
+    rounds: int = _opt(12, "number of federated rounds", low=1)
+
+
+@dataclass(frozen=True)
+class FederationSection:
+    banks: int = _opt(3, "number of bank institutions (synthetic data, iid/dirichlet splits)",
+                      low=0)
+    hospitals: int = _opt(2, "number of hospital institutions", low=0)
+
+
+@dataclass(frozen=True)
+class SyntheticSection:
+    size: int = _opt(360, "mean number of messages per institution", low=20)
+    size_spread: float = _opt(0.5, "log-normal spread of institution sizes (0 = equal)", low=0)
+    label_noise: float = _opt(0.04, "share of messages whose label is replaced at random",
+                              low=0, high=0.5)
+    typo_rate: float = _opt(0.06, "probability that a word gets a typo", low=0, high=0.5)
+    kind_skew: float = _opt(0.8, "share of an institution's messages drawn from the labels "
+                            "typical of its kind", low=0, high=1)
+
+
+@dataclass(frozen=True)
+class DataSection:
+    source: str = _opt("synthetic", "'synthetic', or a CSV/JSONL/Parquet file or a saved "
+                       "Hugging Face dataset directory")
+    text_column: str = _opt("text", "column holding the text")
+    label_column: str = _opt("label", "column holding the label")
+    institution_column: str = _opt("institution", "column naming the institution "
+                                   "(used by partition = 'natural')")
+    kind_column: str = _opt("kind", "optional column with 'bank' or 'hospital'")
+    partition: str = _opt("natural", "how data is split over institutions",
+                          choices=("natural", "iid", "dirichlet"))
+    alpha: float = _opt(0.5, "Dirichlet concentration over labels (partition = 'dirichlet')",
+                        low=0, low_open=True)
+    test_fraction: float = _opt(0.2, "share of each institution's data kept as its test split",
+                                low=0, high=0.9, low_open=True)
+    min_examples: int = _opt(8, "fewest training examples an institution may hold", low=1)
+    synthetic: SyntheticSection = field(default_factory=SyntheticSection)
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    backbone: str = _opt("minilm", "'minilm' (offline MiniLM), 'tiny' (a small BERT built "
+                         "locally), a local directory, or a hub id")
+    max_length: int = _opt(64, "tokens per text", low=8, high=512)
+    pooling: str = _opt("mean", "how token states become one vector", choices=("mean", "cls"))
+    scope: str = _opt("head", "what trains and travels", choices=("head",))
+    head_hidden: int = _opt(0, "hidden units of the head (0 = a linear head)", low=0)
+    dropout: float = _opt(0.1, "dropout before the head", low=0, high=0.9)
+    cache: bool = _opt(True, "encode each institution's texts through the frozen backbone "
+                       "once and train later rounds from the cached features")
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    local_epochs: int = _opt(2, "passes over the local data per round", low=1)
+    batch_size: int = _opt(32, "examples per step", low=1)
+    lr: float = _opt(0.003, "learning rate", low=0, low_open=True)
+    optimizer: str = _opt("adamw", "local optimiser", choices=("adamw", "sgd"))
+    weight_decay: float = _opt(0.0, "weight decay", low=0)
+
+
+@dataclass(frozen=True)
+class StrategySection:
+    name: str = _opt("fedavg", "aggregation strategy", choices=("fedavg",))
+    fraction_train: float = _opt(1.0, "share of institutions sampled for training per round",
+                                 low=0, high=1, low_open=True)
+    fraction_evaluate: float = _opt(1.0, "share of institutions sampled for evaluation",
+                                    low=0, high=1, low_open=True)
+    min_train_clients: int = _opt(2, "fewest institutions sampled for training per round",
+                                  low=1)
+    round_timeout_s: float = _opt(900.0, "seconds to wait for replies in a round", low=1)
+
+
+@dataclass(frozen=True)
+class SimulationSection:
+    device: str = _opt("auto", "where clients train", choices=("auto", "cpu", "cuda"))
+    cpus_per_client: float = _opt(1.0, "CPUs reserved by each Ray actor", low=0,
+                                  low_open=True)
+    gpus_per_client: float = _opt(0.25, "GPU share of each Ray actor when on CUDA", low=0,
+                                  high=1, low_open=True)
+    num_cpus: int = _opt(0, "CPUs Ray may use (0 = all)", low=0)
+    cache_dir: str = _opt(".fedsilo-cache", "scratch for Ray, Flower, Hugging Face, built "
+                          "models and feature caches")
+
+
+@dataclass(frozen=True)
+class OutputSection:
+    dir: str = _opt("runs", "where run directories are created")
+    run_dir: str = _opt("", "set by `fedsilo run`; empty lets the ServerApp create one")
+    plot: bool = _opt(True, "write PNG plots")
+
+
+@dataclass(frozen=True)
+class FaultsSection:
+    crash: str = _opt("", "comma-separated institutions whose client raises in training "
+                      "(fault injection)")
+    crash_from_round: int = _opt(1, "first round in which those clients raise", low=1)
+
+    def crashing(self) -> set[str]:
+        return {n.strip() for n in self.crash.split(",") if n.strip()}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    scenario: ScenarioSection = field(default_factory=ScenarioSection)
+    federation: FederationSection = field(default_factory=FederationSection)
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    strategy: StrategySection = field(default_factory=StrategySection)
+    simulation: SimulationSection = field(default_factory=SimulationSection)
+    output: OutputSection = field(default_factory=OutputSection)
+    faults: FaultsSection = field(default_factory=FaultsSection)
+
+    # -- views -------------------------------------------------------------------------
+    def flat(self) -> dict[str, Any]:
+        """The flat ``section.key -> value`` form (Flower's run config)."""
+        return flatten(dataclasses.asdict(self))
+
+    def replace(self, **flat_overrides: Any) -> Scenario:
+        """A copy with some flat keys changed, validated again."""
+        merged = self.flat()
+        merged.update(flat_overrides)
+        return from_flat(merged)
+
+
+# -- flat <-> nested ------------------------------------------------------------------------
+def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in nested.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _fields(cls: type, prefix: str = "") -> dict[str, dataclasses.Field]:
+    out: dict[str, dataclasses.Field] = {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not
+                                    dataclasses.MISSING else None):
+            out.update(_fields(f.default_factory, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = f
+    return out
+
+
+FIELDS: dict[str, dataclasses.Field] = _fields(Scenario)
+DEFAULTS: dict[str, Any] = Scenario().flat()
+
+
+def _type_name(t: type) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}[t]
+
+
+def _check_value(key: str, value: Any) -> Any:
+    f = FIELDS[key]
+    want = type(DEFAULTS[key])
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if want is not bool and isinstance(value, bool) or not isinstance(value, want):
+        raise ConfigError(f"config: '{key}' must be {_type_name(want)}, got "
+                          f"{type(value).__name__} {value!r}")
+    meta = f.metadata
+    if meta.get("choices") and value not in meta["choices"]:
+        opts = ", ".join(repr(c) for c in meta["choices"])
+        raise ConfigError(f"config: '{key}' must be one of {opts}, got {value!r}")
+    low, high = meta.get("low"), meta.get("high")
+    if low is not None and (value <= low if meta.get("low_open") else value < low):
+        sign = ">" if meta.get("low_open") else ">="
+        raise ConfigError(f"config: '{key}' must be {sign} {low}, got {value!r}")
+    if high is not None and value > high:
+        raise ConfigError(f"config: '{key}' must be <= {high}, got {value!r}")
+    return value
+
+
+def _unknown(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, FIELDS, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"config: unknown key '{key}'{hint}")
+
+
+def from_flat(flat: dict[str, Any]) -> Scenario:
+    """Build and validate a scenario from flat keys; missing keys take their defaults."""
+    values = dict(DEFAULTS)
+    for key, value in flat.items():
+        if key not in FIELDS:
+            raise _unknown(key)
+        values[key] = _check_value(key, value)
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    scenario = _build(Scenario, nested)
+    _check_whole(scenario)
+    return scenario
+
+
+def _build(cls: type, nested: dict[str, Any]) -> Any:
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        value = nested[f.name]
+        if isinstance(value, dict):
+            value = _build(f.default_factory, value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _check_whole(s: Scenario) -> None:
+    """Rules that involve more than one field."""
+    if s.data.source == "synthetic" or s.data.partition != "natural":
+        if s.federation.banks + s.federation.hospitals < 1:
+            raise ConfigError("config: 'federation.banks' + 'federation.hospitals' must be "
+                              "at least 1")
+    if not s.scenario.name.strip() or any(c in s.scenario.name for c in "/\\ "):
+        raise ConfigError(f"config: 'scenario.name' must be a non-empty name without "
+                          f"spaces or slashes, got {s.scenario.name!r}")
+
+
+# -- files and overrides --------------------------------------------------------------------
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a scenario file into flat keys; a bad file is a ConfigError naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        with p.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file '{path}' is not valid TOML: {exc}") from None
+    return flatten(raw)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``key=value``; the value is read as TOML, and as a bare string otherwise."""
+    if "=" not in text:
+        raise ConfigError(f"--set '{text}': expected key=value")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    if key not in FIELDS:
+        raise _unknown(key)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    if isinstance(DEFAULTS[key], str) and not isinstance(value, str):
+        value = raw  # `--set scenario.name=2024` means the string
+    return key, value
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Scenario:
+    """The scenario from an optional file plus ``key=value`` overrides."""
+    flat = read_toml(path) if path else {}
+    for item in overrides or []:
+        key, value = parse_override(item)
+        flat[key] = value
+    return from_flat(flat)
+
+
+def describe() -> list[tuple[str, Any, str]]:
+    """(key, default, help) for every knob, in order: the README table is made from this."""
+    return [(k, DEFAULTS[k], f.metadata.get("help", "")) for k, f in FIELDS.items()]
+
+
+def to_toml(s: Scenario) -> str:
+    """The whole resolved scenario as a TOML file that ``load`` reads back unchanged."""
+    import tomli_w
+
+    return tomli_w.dumps(dataclasses.asdict(s))

@@ -1,0 +1,45 @@
+"""Split a pooled dataset over institutions with flwr-datasets partitioners."""
+
+from __future__ import annotations
+
+import numpy as np
+from datasets import Dataset
+from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
+
+from fedsilo.config import ConfigError
+
+
+def split_indices(labels: list[int], num_institutions: int, how: str, alpha: float,
+                  seed: int, min_size: int) -> list[np.ndarray]:
+    """Row indices held by each institution under an ``iid`` or ``dirichlet`` split."""
+    ds = Dataset.from_dict({"row": list(range(len(labels))), "label": list(labels)})
+    partitioner: Partitioner
+    if how == "iid":
+        partitioner = IidPartitioner(num_partitions=num_institutions)
+    elif how == "dirichlet":
+        partitioner = DirichletPartitioner(num_partitions=num_institutions,
+                                           partition_by="label", alpha=alpha,
+                                           min_partition_size=min_size,
+                                           self_balancing=False, shuffle=True, seed=seed)
+    else:  # natural splits never come here
+        raise ValueError(how)
+    partitioner.dataset = ds
+    try:
+        return [np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64)
+                for i in range(num_institutions)]
+    except ValueError as exc:
+        raise ConfigError(
+            f"data.alpha: cannot split {len(labels)} examples over {num_institutions} "
+            f"institutions with at least {min_size} each (Dirichlet alpha={alpha}): "
+            f"{str(exc).splitlines()[0]}") from None
+
+
+def train_test_split(n: int, test_fraction: float, seed: int, key: str
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded shuffle of ``range(n)`` cut into (train, test); ``key`` names the owner."""
+    rng = np.random.default_rng([seed, *key.encode()])
+    order = rng.permutation(n)
+    n_test = int(round(n * test_fraction))
+    if n >= 2:
+        n_test = min(max(n_test, 1), n - 1)
+    return np.sort(order[n_test:]), np.sort(order[:n_test])

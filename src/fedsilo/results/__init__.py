@@ -1,0 +1,145 @@
+"""What a run leaves behind, and how it is shown.
+
+A run directory ``runs/<scenario>-<timestamp>/`` holds:
+- ``config.toml``: the resolved scenario (every key);
+- ``metrics.jsonl``: one JSON object per round (per institution and global);
+- ``checkpoint/``: the shared head, round, strategy state and seeds after the last round;
+- ``head.npz``: the final shared head; ``summary.json``; ``accuracy.png``;
+- ``flower.log``: the framework's own log.
+
+``fedsilo run`` writes into ``<name>.incomplete`` and renames it when the run succeeded,
+or to ``<name>.failed`` (with ``error.txt``) when it did not, so a directory without a
+suffix is always a finished result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedsilo.config import Scenario
+
+INCOMPLETE, FAILED = ".incomplete", ".failed"
+
+
+def new_run_dir(s: Scenario) -> Path:
+    """A fresh ``<output.dir>/<scenario>-<timestamp>.incomplete`` directory."""
+    root = Path(s.output.dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = f"{s.scenario.name}-{stamp}"
+    for i in range(1000):
+        name = base if i == 0 else f"{base}-{i}"
+        if not any((root / (name + suf)).exists() for suf in ("", INCOMPLETE, FAILED)):
+            path = root / (name + INCOMPLETE)
+            path.mkdir(parents=True)
+            return path
+    raise RuntimeError(f"cannot find a free run directory name under '{root}'")
+
+
+def final_name(run_dir: Path, failed: bool) -> Path:
+    stem = run_dir.name.removesuffix(INCOMPLETE)
+    return run_dir.with_name(stem + (FAILED if failed else ""))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (a reader never sees half a file)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=False)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    with os.fdopen(fd, "wb") as fh:
+        np.savez(fh, **arrays)
+    os.replace(tmp, path)
+
+
+def write_checkpoint(run_dir: Path, arrays: dict[str, np.ndarray], state: dict) -> None:
+    """Replace ``checkpoint/`` with the head and state after a round, all or nothing."""
+    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=run_dir))
+    save_arrays(tmp / "head.npz", arrays)
+    write_json(tmp / "state.json", state)
+    target = run_dir / "checkpoint"
+    old = run_dir / ".checkpoint-old"
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def format_table(rows: list[list[Any]], header: list[str]) -> str:
+    """A plain aligned text table."""
+    cells = [[_fmt(c) for c in r] for r in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = []
+    for j, r in enumerate(cells):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def final_table(summary: dict) -> str:
+    """Accuracy and macro-F1 per institution and for the federation (final round)."""
+    final = summary["final"]
+    rows = [[name, r["kind"], r["test_examples"], r["accuracy"], r["macro_f1"]]
+            for name, r in final["institutions"].items()]
+    g = final["global"]
+    rows.append(["ALL (union of test splits)", "-", g["test_examples"], g["accuracy"],
+                 g["macro_f1"]])
+    return format_table(rows, ["institution", "kind", "test", "accuracy", "macro-F1"])
+
+
+def plot_accuracy(run_dir: Path, rows: list[dict]) -> Path | None:
+    """accuracy.png: accuracy per institution and overall against rounds."""
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r["round"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    names = list(rows[-1]["institutions"].keys())
+    for name in names:
+        ys = [r["institutions"].get(name, {}).get("accuracy", np.nan) for r in rows]
+        style = "--" if rows[-1]["institutions"][name].get("kind") == "hospital" else "-"
+        ax.plot(rounds, ys, style, marker="o", markersize=3, linewidth=1.2, label=name)
+    ax.plot(rounds, [r["global"]["accuracy"] for r in rows], color="black", linewidth=2.5,
+            label="global")
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2, loc="lower right")
+    ax.set_title("accuracy per institution (banks solid, hospitals dashed)")
+    fig.tight_layout()
+    path = run_dir / "accuracy.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,233 @@
+"""Launch a scenario on Flower's simulation runtime (Ray backend) and check its outcome.
+
+Flower and Ray exit cleanly even when every client failed, so this module checks the
+result itself: the ServerApp's own failure, a summary that is missing or short of rounds,
+or an institution absent from it all make the run fail loudly. Whatever happens, no Ray or
+Flower process outlives the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedsilo import config, results
+from fedsilo.config import ConfigError, Scenario
+
+SERVER_APP = "server.app:app"
+CLIENT_APP = "clients.app:app"
+# Ray puts unix sockets under its temp dir; their paths must stay under 108 bytes.
+_RAY_SOCKET_SUFFIX = len("/session_2026-01-01_00-00-00_000000_1234567/sockets/plasma_store")
+
+
+class RunFailed(RuntimeError):
+    """The simulation ran but did not produce a complete, sound result."""
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    summary: dict
+
+
+def preflight(s: Scenario):
+    """Fail before anything starts: bad data, unloadable backbone, missing device."""
+    from fedsilo.data import build_federation
+    from fedsilo.models import backbone as bb
+    from fedsilo.silo import resolve_device
+
+    cache = Path(s.simulation.cache_dir).resolve()
+    fed = build_federation(s)
+    ref = bb.resolve(s.model.backbone, str(cache))
+    device = resolve_device(s.simulation.device)
+    missing = s.faults.crashing() - set(fed.names())
+    if missing:
+        raise ConfigError(f"config: 'faults.crash' names unknown institutions: "
+                          f"{', '.join(sorted(missing))}")
+    return fed, ref, device
+
+
+def scratch_env(cache_dir: Path) -> dict[str, str]:
+    """Keep Flower's, Hugging Face's and torch's scratch under the cache directory."""
+    env = {"FLWR_HOME": str(cache_dir / "flwr"),
+           "TORCHINDUCTOR_CACHE_DIR": str(cache_dir / "torchinductor"),
+           "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+           "RAY_USAGE_STATS_ENABLED": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+           "RAY_DEDUP_LOGS": "0", "TOKENIZERS_PARALLELISM": "false"}
+    if "HF_HOME" not in os.environ:
+        env["HF_HOME"] = str(cache_dir / "hf")
+    return env
+
+
+def ray_temp_dir(cache_dir: Path) -> tuple[Path, bool]:
+    """(Ray's temp dir, whether to delete it afterwards)."""
+    preferred = cache_dir / "ray"
+    if len(str(preferred)) + _RAY_SOCKET_SUFFIX < 107:
+        return preferred, False
+    return Path(tempfile.mkdtemp(prefix="fedsilo-ray-")), True
+
+
+def write_app_dir(cache_dir: Path) -> Path:
+    """A Flower app directory whose pyproject holds every default of the scenario."""
+    import tomli_w
+
+    app_dir = cache_dir / "app"
+    app_dir.mkdir(parents=True, exist_ok=True)
+    project = {"project": {"name": "fedsilo-app", "version": "0.1.0"},
+               "tool": {"flwr": {"app": {"publisher": "fedsilo",
+                                         "components": {"serverapp": SERVER_APP,
+                                                        "clientapp": CLIENT_APP},
+                                         "config": config.DEFAULTS}}}}
+    (app_dir / "pyproject.toml").write_text(tomli_w.dumps(project))
+    return app_dir
+
+
+def _flower_logging(log_file: Path, verbose: bool) -> logging.Handler:
+    logger = logging.getLogger("flwr")
+    for h in logger.handlers:
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            h.setLevel(logging.DEBUG if verbose else logging.CRITICAL + 1)
+    fh = logging.FileHandler(log_file)
+    fh.setLevel(logging.DEBUG)
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(fh)
+    return fh
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = exc
+    while seen.__cause__ is not None and isinstance(seen, RuntimeError) and \
+            "Ending simulation" in str(seen):
+        seen = seen.__cause__
+    return seen
+
+
+def kill_leftovers(timeout: float = 10.0) -> list[str]:
+    """Stop every process this one started (Ray's raylet, GCS, workers...)."""
+    import psutil
+
+    me = psutil.Process()
+    children = me.children(recursive=True)
+    names = []
+    for p in children:
+        with contextlib.suppress(psutil.Error):
+            names.append(p.name())
+            p.terminate()
+    _, alive = psutil.wait_procs(children, timeout=timeout)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=timeout)
+    return names
+
+
+def simulate(s: Scenario, verbose: bool = False) -> RunOutcome:
+    """Run scenario ``s`` to the end; raise ConfigError, RunFailed or KeyboardInterrupt."""
+    t0 = time.time()
+    fed, _ref, device = preflight(s)
+    cache_dir = Path(s.simulation.cache_dir).resolve()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = results.new_run_dir(s).resolve()
+    s = s.replace(**{"output.run_dir": str(run_dir)})
+    os.environ.update(scratch_env(cache_dir))
+    ray_tmp, ray_tmp_is_temporary = ray_temp_dir(cache_dir)
+    handler = None
+    failed: BaseException | None = None
+    try:
+        from flwr.app import Context, RecordDict
+        from flwr.simulation.run_simulation import _run_simulation
+
+        from fedsilo.flower_compat import new_run
+
+        handler = _flower_logging(run_dir / "flower.log", verbose)
+        app_dir = write_app_dir(cache_dir)
+        run = new_run(s.flat())
+        ctx = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(),
+                      run_config=s.flat())
+        gpus = s.simulation.gpus_per_client if device.type == "cuda" else 0.0
+        init_args = {"_temp_dir": str(ray_tmp), "include_dashboard": False,
+                     "logging_level": logging.DEBUG if verbose else logging.ERROR,
+                     "log_to_driver": verbose}
+        if s.simulation.num_cpus:
+            init_args["num_cpus"] = s.simulation.num_cpus
+        backend_config = {"client_resources": {"num_cpus": s.simulation.cpus_per_client,
+                                               "num_gpus": gpus},
+                          "init_args": init_args}
+        print(f"fedsilo: {s.scenario.name}: {len(fed.institutions)} institutions, "
+              f"{s.scenario.rounds} rounds, backbone '{s.model.backbone}', scope "
+              f"'{s.model.scope}', device {device.type}; run directory {run_dir.name}",
+              flush=True)
+        _run_simulation(num_supernodes=len(fed.institutions), exit_event=_exit_event(),
+                        backend_config=backend_config, client_app_attr=CLIENT_APP,
+                        server_app_attr=SERVER_APP, server_app_context=ctx,
+                        app_dir=str(app_dir), run=run, verbose_logging=verbose,
+                        is_app=True)
+        summary = check_outcome(s, run_dir, fed.names())
+        summary["command_wall_time_s"] = time.time() - t0
+        if summary.get("first_round_started_at"):
+            summary["startup_s"] = summary["first_round_started_at"] - t0
+        results.write_json(run_dir / "summary.json", summary)
+    except BaseException as exc:  # noqa: BLE001 - everything is reported, then re-raised
+        failed = exc
+    finally:
+        with contextlib.suppress(Exception):
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+        kill_leftovers()
+        if handler is not None:
+            logging.getLogger("flwr").removeHandler(handler)
+            handler.close()
+        if ray_tmp_is_temporary:
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+    if failed is None:
+        final = results.final_name(run_dir, failed=False)
+        run_dir.rename(final)
+        return RunOutcome(final, json.loads((final / "summary.json").read_text()))
+    cause = _root_cause(failed)
+    final = results.final_name(run_dir, failed=True)
+    reason = (f"interrupted" if isinstance(cause, KeyboardInterrupt)
+              else f"{type(cause).__name__}: {cause}")
+    with contextlib.suppress(OSError):
+        (run_dir / "error.txt").write_text(reason + "\n")
+        run_dir.rename(final)
+    if isinstance(cause, (KeyboardInterrupt, ConfigError)):
+        raise cause
+    raise RunFailed(f"{cause} (details: {_shown(final)}/flower.log)") from cause
+
+
+def _shown(p: Path) -> str:
+    """A path as a user would type it: relative to the working directory when inside it."""
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
+def _exit_event():
+    from flwr.supercore.telemetry import EventType
+
+    return EventType.PYTHON_API_RUN_SIMULATION_LEAVE
+
+
+def check_outcome(s: Scenario, run_dir: Path, names: list[str]) -> dict:
+    """The run's summary, if the run really finished; RunFailed otherwise."""
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        raise RunFailed("the server finished without writing summary.json")
+    summary = json.loads(path.read_text())
+    if summary.get("rounds") != s.scenario.rounds:
+        raise RunFailed(f"{summary.get('rounds')} of {s.scenario.rounds} rounds completed")
+    got = summary["final"]["institutions"]
+    absent = [n for n in names if n not in got or got[n].get("accuracy") is None]
+    if absent and s.strategy.fraction_evaluate >= 1.0:
+        raise RunFailed(f"no final evaluation from: {', '.join(absent)}")
+    return summary

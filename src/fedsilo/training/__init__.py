@@ -1,0 +1,82 @@
+"""Local training and evaluation of the head (one screen each)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedsilo.config import TrainSection
+from fedsilo.metrics import scores_from_confusion
+from fedsilo.training.features import FeatureSource
+
+
+@dataclass
+class TrainStats:
+    loss: float  # mean loss over the last epoch
+    first_loss: float  # mean loss over the first epoch
+    steps: int
+    examples: int
+
+
+@dataclass
+class EvalStats:
+    loss: float
+    accuracy: float
+    macro_f1: float
+    confusion: np.ndarray  # [true, predicted] counts
+    examples: int
+
+
+def local_train(head: nn.Module, source: FeatureSource, labels: np.ndarray, t: TrainSection,
+                seed: int, device: torch.device) -> TrainStats:
+    """Train ``head`` in place for ``t.local_epochs`` passes over the local data."""
+    head.to(device).train()
+    params = [p for p in head.parameters() if p.requires_grad]
+    if t.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    torch.manual_seed(seed)  # dropout masks
+    order_rng = np.random.default_rng(seed)  # batch order
+    y_all = torch.as_tensor(labels, dtype=torch.long)
+    epoch_losses, steps = [], 0
+    for _ in range(t.local_epochs):
+        perm = order_rng.permutation(len(source))
+        total, count = 0.0, 0
+        for start in range(0, len(perm), t.batch_size):
+            idx = perm[start:start + t.batch_size]
+            x = source.rows(idx).to(device)
+            y = y_all[torch.as_tensor(idx)].to(device)
+            loss = nn.functional.cross_entropy(head(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(idx)
+            count += len(idx)
+            steps += 1
+        epoch_losses.append(total / max(count, 1))
+    return TrainStats(loss=epoch_losses[-1], first_loss=epoch_losses[0], steps=steps,
+                      examples=len(source))
+
+
+@torch.no_grad()
+def evaluate(head: nn.Module, source: FeatureSource, labels: np.ndarray, num_labels: int,
+             device: torch.device, batch_size: int = 256) -> EvalStats:
+    """Loss, accuracy, macro-F1 and the confusion matrix of ``head`` on local data."""
+    head.to(device).eval()
+    confusion = np.zeros((num_labels, num_labels), dtype=np.int64)
+    total = 0.0
+    y_all = torch.as_tensor(labels, dtype=torch.long)
+    for start in range(0, len(source), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(source)))
+        logits = head(source.rows(idx).to(device)).cpu()
+        y = y_all[idx]
+        total += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        np.add.at(confusion, (y.numpy(), logits.argmax(1).numpy()), 1)
+    n = int(confusion.sum())
+    acc, f1 = scores_from_confusion(confusion)
+    return EvalStats(loss=total / max(n, 1), accuracy=acc, macro_f1=f1, confusion=confusion,
+                     examples=n)

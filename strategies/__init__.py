@@ -1,0 +1,156 @@
+"""Where aggregation happens: a factory from the scenario to a Flower strategy.
+
+``build_strategy`` returns one of Flower's Message-API strategies with our ``Tracked``
+mixin, which records every institution's reply per round, computes federation-wide
+metrics from summed confusion matrices, and turns any client error or missing reply into a
+``ClientFailure`` that stops the run (Flower itself only logs those).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fedsilo.config import Scenario
+from fedsilo.metrics import confusion_from_flat, scores_from_confusion
+from fedsilo.models import arrays_nbytes
+
+
+# How clients/app.py words a failure; Ray wraps it in a traceback on its way to the server.
+_OWN_FAILURE = re.compile(r"institution '[^'\n]+' \([a-z]+\) failed in [^\n]*")
+
+
+class ClientFailure(RuntimeError):
+    """One or more institutions failed in a round; the message names them and why."""
+
+
+def aggregate_evaluate_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
+    """Federation-wide metrics over the union of the institutions' test splits.
+
+    Accuracy and macro-F1 come from the summed confusion matrices (exact, not an average
+    of per-institution scores); the loss is the example-weighted mean.
+    """
+    total = None
+    loss_sum, n = 0.0, 0
+    for rec in records:
+        m = next(iter(rec.metric_records.values()))
+        flat = list(m["confusion"])
+        size = int(round(len(flat) ** 0.5))
+        conf = confusion_from_flat(flat, size)
+        total = conf if total is None else total + conf
+        loss_sum += float(m["loss"]) * int(m[weighted_by_key])
+        n += int(m[weighted_by_key])
+    acc, f1 = scores_from_confusion(total)
+    return MetricRecord({"accuracy": acc, "macro-f1": f1, "loss": loss_sum / max(n, 1),
+                         "num-examples": n})
+
+
+class RoundLedger:
+    """What happened in each round, per institution: replies, metrics, errors, bytes."""
+
+    def __init__(self, roster: dict[int, dict]):
+        self.roster = roster  # node id -> {"institution", "kind", "index", ...}
+        self.by_index = {info["index"]: info for info in roster.values()}
+        self.train: dict[int, dict[str, dict]] = {}
+        self.evaluate: dict[int, dict[str, dict]] = {}
+        self.bytes_down: dict[int, int] = {}
+        self.bytes_up: dict[int, int] = {}
+        self.sent: dict[tuple[int, str], list[int]] = {}
+
+    def name_of(self, node_id: int) -> str:
+        info = self.roster.get(node_id)
+        return info["institution"] if info else f"node {node_id}"
+
+    def check(self, server_round: int, stage: str, replies: list[Message]) -> list[Message]:
+        """Raise ClientFailure if any sampled institution errored or did not reply."""
+        problems = []
+        replied = set()
+        for msg in replies:
+            replied.add(msg.metadata.src_node_id)
+            if msg.has_error():
+                reason = msg.error.reason
+                ours = _OWN_FAILURE.findall(reason)
+                if ours:  # our own wrapped message (last line of Ray's traceback) says it all
+                    problems.append(ours[-1].rstrip("'>").strip())
+                else:
+                    problems.append(f"institution '{self.name_of(msg.metadata.src_node_id)}'"
+                                    f" failed in {stage} (round {server_round}): {reason}")
+        for node in self.sent.get((server_round, stage), []):
+            if node not in replied:
+                problems.append(f"institution '{self.name_of(node)}' sent no {stage} reply "
+                                f"in round {server_round} (timed out)")
+        if problems:
+            raise ClientFailure("; ".join(problems))
+        return replies
+
+    def record(self, server_round: int, stage: str, replies: list[Message]) -> None:
+        book = self.train if stage == "training" else self.evaluate
+        rows = book.setdefault(server_round, {})
+        for msg in replies:
+            metrics = dict(next(iter(msg.content.metric_records.values())))
+            name = self.by_index[int(metrics["institution-id"])]["institution"]
+            rows[name] = metrics
+            if stage == "training":
+                up = sum(arrays_nbytes(a) for a in msg.content.array_records.values())
+                self.bytes_up[server_round] = self.bytes_up.get(server_round, 0) + up
+
+
+class Tracked:
+    """Mixin for a Flower strategy: bookkeeping and loud failure, aggregation untouched."""
+
+    ledger: RoundLedger
+    on_round_start = None  # optional callback(server_round, stage, num_nodes)
+
+    def _sent(self, server_round: int, stage: str, msgs: Iterable[Message],
+              arrays: ArrayRecord) -> list[Message]:
+        msgs = list(msgs)
+        self.ledger.sent[(server_round, stage)] = [m.metadata.dst_node_id for m in msgs]
+        down = arrays_nbytes(arrays) * len(msgs)
+        self.ledger.bytes_down[server_round] = self.ledger.bytes_down.get(server_round, 0) + down
+        if self.on_round_start is not None:
+            self.on_round_start(server_round, stage, len(msgs))
+        return msgs
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        msgs = super().configure_train(server_round, arrays, config, grid)
+        return self._sent(server_round, "training", msgs, arrays)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        msgs = super().configure_evaluate(server_round, arrays, config, grid)
+        return self._sent(server_round, "evaluation", msgs, arrays)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        replies = self.ledger.check(server_round, "training", list(replies))
+        self.ledger.record(server_round, "training", replies)
+        return super().aggregate_train(server_round, replies)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+        replies = self.ledger.check(server_round, "evaluation", list(replies))
+        self.ledger.record(server_round, "evaluation", replies)
+        return super().aggregate_evaluate(server_round, replies)
+
+
+class TrackedFedAvg(Tracked, FedAvg):
+    """FedAvg weighted by each institution's number of training examples."""
+
+
+STRATEGIES = {"fedavg": TrackedFedAvg}
+
+
+def build_strategy(s: Scenario, ledger: RoundLedger, num_nodes: int) -> Tracked:
+    """The scenario's strategy, sampling institutions as ``strategy.*`` says."""
+    st = s.strategy
+    min_train = min(st.min_train_clients, num_nodes)
+    strategy = STRATEGIES[st.name](
+        fraction_train=st.fraction_train, fraction_evaluate=st.fraction_evaluate,
+        min_train_nodes=min_train, min_evaluate_nodes=min(min_train, num_nodes),
+        min_available_nodes=num_nodes, weighted_by_key="num-examples",
+        evaluate_metrics_aggr_fn=aggregate_evaluate_metrics)
+    strategy.ledger = ledger
+    return strategy
