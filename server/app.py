@@ -63,7 +63,23 @@ def handshake(grid: Grid, s: config.Scenario, wait_s: float = 60.0) -> dict[int,
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     s = config.from_flat(dict(context.run_config))
-    run_dir = Path(s.output.run_dir) if s.output.run_dir else results.new_run_dir(s)
+    if s.output.run_dir:  # `fedsilo run` made it, and finalises it after checking the outcome
+        run(grid, s, Path(s.output.run_dir))
+        return
+    run_dir = results.new_run_dir(s).resolve()  # `flwr run`: this app owns the directory
+    try:
+        run(grid, s, run_dir)
+    except BaseException as exc:
+        (run_dir / "error.txt").write_text(f"{type(exc).__name__}: {exc}\n")
+        run_dir.rename(results.final_name(run_dir, failed=True))
+        raise
+    final = results.final_name(run_dir, failed=False)
+    run_dir.rename(final)
+    _say(f"results: {final}")
+
+
+def run(grid: Grid, s: config.Scenario, run_dir: Path) -> None:
+    """All rounds of scenario ``s``, recorded in ``run_dir``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(config.to_toml(s))
 

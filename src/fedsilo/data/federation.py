@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import hashlib
 from dataclasses import dataclass
 
@@ -90,8 +91,10 @@ def _build(data: DataSection, fed: FederationSection, seed: int) -> FederationDa
             groups.append((name, _kind_of(name, kinds, rows, data), rows))
     else:
         named = synthetic.institution_names(fed.banks, fed.hospitals)
+        # enough rows that the train part keeps data.min_examples after the test cut
+        min_rows = math.ceil(data.min_examples / (1 - data.test_fraction)) + 1
         parts = split_indices(label_ids.tolist(), len(named), data.partition, data.alpha,
-                              seed, min_size=data.min_examples + 1)
+                              seed, min_size=min_rows)
         groups = [(name, kind, rows) for (name, kind), rows in zip(named, parts, strict=True)]
 
     institutions = []

@@ -13,6 +13,7 @@ def split_indices(labels: list[int], num_institutions: int, how: str, alpha: flo
                   seed: int, min_size: int) -> list[np.ndarray]:
     """Row indices held by each institution under an ``iid`` or ``dirichlet`` split."""
     ds = Dataset.from_dict({"row": list(range(len(labels))), "label": list(labels)})
+    ds = ds.shuffle(seed=seed)  # IidPartitioner shards contiguously: row order must not leak
     partitioner: Partitioner
     if how == "iid":
         partitioner = IidPartitioner(num_partitions=num_institutions)

@@ -93,6 +93,7 @@ def load(location: str) -> tuple[object, torch.nn.Module]:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the pooler a sentence model lacks is not news
+    hf_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(location)
     model = AutoModel.from_pretrained(location)
     model.eval()

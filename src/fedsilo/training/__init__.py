@@ -54,7 +54,7 @@ def local_train(head: nn.Module, source: FeatureSource, labels: np.ndarray, t: T
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             count += len(idx)
             steps += 1
         epoch_losses.append(total / max(count, 1))

@@ -1,0 +1,27 @@
+"""Shared fixtures: scenarios are the real shipped configs, shrunk (never test-only configs)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+# Built models and feature caches are shared by the whole session, never the user's.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fedsilo-cache")
+
+
+@pytest.fixture(scope="session")
+def flower_identity():
+    """Flower messages need a task identity; a simulation sets one, unit tests set this."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    return TaskIdentity

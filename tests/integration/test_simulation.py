@@ -1,0 +1,142 @@
+"""Real Ray simulations through the `fedsilo` command: outcomes are checked, not exit codes.
+
+Each test runs the CLI in a subprocess (as a user would), on the shipped configs shrunk
+with --set, and then reads the run directory it left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from tests.conftest import CONFIGS
+
+RAY_OR_FLOWER = ("raylet", "gcs_server", "plasma_store", "flower-superlink", "ray::",
+                 "default_worker.py", "dashboard", "log_monitor.py", "monitor.py")
+pytestmark = pytest.mark.slow
+
+
+def _leftovers(since: float) -> list[str]:
+    found = []
+    for p in psutil.process_iter(["name", "cmdline", "create_time"]):
+        try:
+            if p.info["create_time"] < since:
+                continue
+            text = " ".join([p.info["name"] or ""] + (p.info["cmdline"] or []))
+        except psutil.Error:
+            continue
+        if any(tag in text for tag in RAY_OR_FLOWER):
+            found.append(text[:120])
+    return found
+
+
+def fedsilo(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fedsilo.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_scenario(tmp_path: Path, cache_dir: Path, config: str, *sets: str):
+    started = time.time() - 1
+    proc = fedsilo("run", str(CONFIGS / config), "--set", f"output.dir={tmp_path / 'runs'}",
+                   "--set", f"simulation.cache_dir={cache_dir}",
+                   *[x for s in sets for x in ("--set", s)], cwd=tmp_path)
+    time.sleep(0.5)
+    assert _leftovers(started) == [], "Ray or Flower processes outlived `fedsilo run`"
+    runs = sorted((tmp_path / "runs").iterdir()) if (tmp_path / "runs").exists() else []
+    return proc, runs
+
+
+def test_smoke_scenario_trains_records_and_cleans_up(tmp_path, cache_dir):
+    proc, runs = run_scenario(tmp_path, cache_dir, "smoke.toml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(runs) == 1 and not runs[0].name.endswith((".failed", ".incomplete"))
+    run = runs[0]
+    # console: progress per round and the final table
+    for r in range(1, 7):
+        assert f"round {r:>3}/6" in proc.stdout
+    assert "ALL (union of test splits)" in proc.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert summary["rounds"] == 6 and [r["round"] for r in rows] == list(range(1, 7))
+    names = {"bank-1", "bank-2", "hospital-1", "hospital-2"}
+    assert set(summary["final"]["institutions"]) == names
+    assert {v["kind"] for v in summary["final"]["institutions"].values()} == {"bank",
+                                                                              "hospital"}
+    # learning happened: train loss falls, accuracy well above chance (1/8)
+    assert rows[-1]["global"]["train_loss"] < rows[0]["global"]["train_loss"]
+    assert summary["final"]["global"]["accuracy"] > 0.3
+    # the global numbers are those of the union of the institutions' test splits
+    per = summary["final"]["institutions"].values()
+    n = sum(v["test_examples"] for v in per)
+    assert summary["final"]["global"]["test_examples"] == n
+    acc = sum(v["accuracy"] * v["test_examples"] for v in per) / n
+    assert summary["final"]["global"]["accuracy"] == pytest.approx(acc)
+    # bytes: the head (64 -> 8 linear, float32) goes down for train+evaluate and up once
+    head_bytes = 4 * (64 * 8 + 8)
+    assert rows[0]["bytes_down"] == head_bytes * 4 * 2
+    assert rows[0]["bytes_up"] == head_bytes * 4
+    assert summary["bytes"]["up"] == head_bytes * 4 * 6
+    # artefacts
+    head = np.load(run / "head.npz")
+    assert head["out.weight"].shape == (8, 64)
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["round"] == 6 and state["seed"] == 42
+    ckpt = np.load(run / "checkpoint" / "head.npz")
+    np.testing.assert_array_equal(ckpt["out.weight"], head["out.weight"])
+    assert (run / "accuracy.png").stat().st_size > 5000
+    assert "name = \"smoke\"" in (run / "config.toml").read_text()
+
+
+def test_default_scenario_with_real_minilm_learns(tmp_path, cache_dir):
+    proc, runs = run_scenario(tmp_path, cache_dir, "bank_hospital.toml", "scenario.rounds=4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((runs[0] / "summary.json").read_text())
+    final = summary["final"]
+    assert set(final["institutions"]) == {"bank-1", "bank-2", "bank-3", "hospital-1",
+                                          "hospital-2"}
+    assert final["global"]["accuracy"] > 0.75
+    assert final["global"]["accuracy"] > summary["first_round"]["global"]["accuracy"]
+    assert summary["model"]["shared_parameters"] == 384 * 8 + 8
+
+
+def test_a_client_that_raises_fails_the_run_and_names_the_institution(tmp_path, cache_dir):
+    proc, runs = run_scenario(tmp_path, cache_dir, "smoke.toml", "scenario.rounds=2",
+                              "faults.crash=hospital-1")
+    assert proc.returncode == 1
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1, proc.stderr
+    assert "institution 'hospital-1' (hospital) failed in training (round 1)" in err[0]
+    assert "Traceback" not in proc.stderr
+    assert len(runs) == 1 and runs[0].name.endswith(".failed")
+    assert not (runs[0] / "summary.json").exists()
+    assert "hospital-1" in (runs[0] / "error.txt").read_text()
+
+
+@pytest.mark.parametrize(("sets", "expected"), [
+    (["train.lrr=0.1"], "config: unknown key 'train.lrr' (did you mean 'train.lr'?)"),
+    (["scenario.rounds=many"], "config: 'scenario.rounds' must be an integer, got str 'many'"),
+    (["data.source=missing.csv"], "data.source: file 'missing.csv' does not exist"),
+])
+def test_bad_input_is_one_line_exit_2_and_no_run_directory(tmp_path, sets, expected):
+    proc = fedsilo("run", "--set", f"output.dir={tmp_path / 'runs'}",
+                   *[x for s in sets for x in ("--set", s)], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"fedsilo: {expected}"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_data_command_prints_the_partition_table(tmp_path):
+    proc = fedsilo("data", str(CONFIGS / "bank_hospital.toml"), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:4] == ["institution", "kind", "train", "test"]
+    assert [ln.split()[0] for ln in lines[2:]] == ["bank-1", "bank-2", "bank-3", "hospital-1",
+                                                    "hospital-2", "ALL"]
+
