@@ -19,7 +19,6 @@ from fedsilo.config import Scenario
 from fedsilo.metrics import confusion_from_flat, scores_from_confusion
 from fedsilo.models import arrays_nbytes
 
-
 # How clients/app.py words a failure; Ray wraps it in a traceback on its way to the server.
 _OWN_FAILURE = re.compile(r"institution '[^'\n]+' \([a-z]+\) failed in [^\n]*")
 

@@ -35,7 +35,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     _scenario_args(sub.add_parser("data", help="print examples per label per institution"))
     _scenario_args(sub.add_parser("config", help="print the resolved scenario"))
-    sub.add_parser("keys", help="list every config key with its default")
+    keys = sub.add_parser("keys", help="list every config key with its default")
+    keys.add_argument("--markdown", action="store_true", help="as a Markdown table")
     return p
 
 
@@ -78,9 +79,16 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keys(_args: argparse.Namespace) -> int:
+def cmd_keys(args: argparse.Namespace) -> int:
+    if args.markdown:
+        print("| key | default | meaning |\n|---|---|---|")
     for key, default, help_text in config.describe():
-        print(f"{key} = {default!r}\n    {help_text}")
+        if args.markdown:
+            shown = f'"{default}"' if isinstance(default, str) else str(default).lower() \
+                if isinstance(default, bool) else str(default)
+            print(f"| `{key}` | `{shown}` | {help_text} |")
+        else:
+            print(f"{key} = {default!r}\n    {help_text}")
     return 0
 
 

@@ -194,7 +194,7 @@ def simulate(s: Scenario, verbose: bool = False) -> RunOutcome:
         return RunOutcome(final, json.loads((final / "summary.json").read_text()))
     cause = _root_cause(failed)
     final = results.final_name(run_dir, failed=True)
-    reason = (f"interrupted" if isinstance(cause, KeyboardInterrupt)
+    reason = ("interrupted" if isinstance(cause, KeyboardInterrupt)
               else f"{type(cause).__name__}: {cause}")
     with contextlib.suppress(OSError):
         (run_dir / "error.txt").write_text(reason + "\n")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-import math
 import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
