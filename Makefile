@@ -5,12 +5,13 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test smoke lint clean
+.PHONY: run test smoke lint docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	@echo "installing fedsilo and its dependencies into $(VENV) (once; about 2 minutes)..."
+	$(VENV)/bin/python -m pip install -qq --upgrade pip
+	$(VENV)/bin/python -m pip install -qq -e '.[test]'
 	touch $(STAMP)
 
 run: $(STAMP)          ## the default scenario (3 banks, 2 hospitals, offline MiniLM)
@@ -24,6 +25,9 @@ smoke: $(STAMP)        ## a tiny locally built BERT: seconds per round
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src server clients strategies tests benchmarks
+
+docs: $(STAMP)         ## regenerate the README's config reference and pyproject's app config
+	$(VENV)/bin/python tools/sync_docs.py
 
 clean:
 	rm -rf runs .fedsilo-cache

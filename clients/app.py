@@ -1,7 +1,8 @@
 """The ClientApp: one institution's node. It resolves its institution and data, trains the
-shared head on its private split, evaluates, and replies with the head's arrays and metrics.
+shared part (the scope) on its private split, evaluates, and replies with that part's arrays
+and metrics.
 
-Only the head's arrays and declared metrics leave the node: no texts, token ids, features
+Only the shared arrays and declared metrics leave the node: no texts, token ids, features
 or labels.
 """
 
@@ -12,11 +13,10 @@ import zlib
 from contextlib import contextmanager
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsilo import config
-from fedsilo.models import arrays_to_head, build_head, head_to_arrays
 from fedsilo.silo import features, labels_of, resolve_institution, runtime_for
 from fedsilo.training import evaluate, local_train
 
@@ -65,18 +65,18 @@ def train(msg: Message, context: Context) -> Message:
             raise RuntimeError("injected crash (faults.crash)")
         t0 = time.perf_counter()
         rt = runtime_for(scenario)
-        head = build_head(scenario.model, rt.ref.hidden_size, len(fed.labels), seed=0)
-        arrays_to_head(msg.content["arrays"], head)
+        model = rt.model(scenario.model, len(fed.labels))
+        model.set_arrays(msg.content["arrays"])
         index = fed.names().index(inst.name)
         seed = zlib.crc32(f"{scenario.scenario.seed}:{server_round}:{inst.name}".encode())
-        stats = local_train(head, features(scenario, rt, inst, "train"),
+        stats = local_train(model, features(scenario, rt, model, inst, "train"),
                             labels_of(inst, "train"), scenario.train, seed, rt.device)
         metrics = MetricRecord({
             "num-examples": stats.examples, "institution-id": index,
             "train-loss": stats.loss, "train-loss-first-epoch": stats.first_loss,
             "steps": stats.steps, "train-time-s": time.perf_counter() - t0,
         })
-        reply = RecordDict({"arrays": head_to_arrays(head.cpu()), "metrics": metrics})
+        reply = RecordDict({"arrays": model.get_arrays(), "metrics": metrics})
     return Message(reply, reply_to=msg)
 
 
@@ -86,11 +86,10 @@ def evaluate_head(msg: Message, context: Context) -> Message:
     server_round = int(msg.content["config"]["server-round"])
     with _as_institution(inst.name, inst.kind, f"evaluation (round {server_round})"):
         rt = runtime_for(scenario)
-        head = build_head(scenario.model, rt.ref.hidden_size, len(fed.labels), seed=0)
-        arrays: ArrayRecord = msg.content["arrays"]
-        arrays_to_head(arrays, head)
-        stats = evaluate(head, features(scenario, rt, inst, "test"), labels_of(inst, "test"),
-                         len(fed.labels), rt.device)
+        model = rt.model(scenario.model, len(fed.labels))
+        model.set_arrays(msg.content["arrays"])
+        stats = evaluate(model, features(scenario, rt, model, inst, "test"),
+                         labels_of(inst, "test"), len(fed.labels), rt.device)
         metrics = MetricRecord({
             "num-examples": stats.examples, "institution-id": fed.names().index(inst.name),
             "loss": stats.loss, "accuracy": stats.accuracy, "macro-f1": stats.macro_f1,

@@ -3,15 +3,16 @@ strategy -> rounds (train, evaluate, record, checkpoint) -> summary."""
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedsilo import config, results
 from fedsilo.models import backbone as bb
-from fedsilo.models import build_head, head_to_arrays
+from fedsilo.models.scoped import ScopedModel
 from server.record import RunRecorder, _say
 from strategies import ClientFailure, RoundLedger, build_strategy
 
@@ -60,6 +61,19 @@ def handshake(grid: Grid, s: config.Scenario, wait_s: float = 60.0) -> dict[int,
     return dict(sorted(roster.items(), key=lambda kv: kv[1]["index"]))
 
 
+def initial_arrays(s: config.Scenario, num_labels: int) -> ArrayRecord:
+    """The shared part at round 0: pretrained weights where they train, a seeded head (and
+    seeded LoRA adapters)."""
+    ref = bb.resolve(s.model.backbone, str(Path(s.simulation.cache_dir).resolve()))
+    tokenizer, backbone = bb.load(ref.location)
+    if s.model.scope != "head":  # the scope unfreezes or wraps weights: work on a copy
+        backbone = copy.deepcopy(backbone)
+    model = ScopedModel(backbone, tokenizer, s.model, num_labels, seed=s.scenario.seed)
+    arrays = model.get_arrays()
+    del model
+    return arrays
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     s = config.from_flat(dict(context.run_config))
@@ -89,9 +103,7 @@ def run(grid: Grid, s: config.Scenario, run_dir: Path) -> None:
         f"{i['institution']} ({i['kind']}, {i['num-train']} train / {i['num-test']} test)"
         for i in roster.values()))
 
-    ref = bb.resolve(s.model.backbone, str(Path(s.simulation.cache_dir).resolve()))
-    head = build_head(s.model, ref.hidden_size, len(labels), seed=s.scenario.seed)
-    initial = head_to_arrays(head)
+    initial = initial_arrays(s, len(labels))
 
     ledger = RoundLedger(roster)
     recorder = RunRecorder(s, run_dir, ledger, labels)

@@ -76,11 +76,20 @@ class ModelSection:
                          "locally), a local directory, or a hub id")
     max_length: int = _opt(64, "tokens per text", low=8, high=512)
     pooling: str = _opt("mean", "how token states become one vector", choices=("mean", "cls"))
-    scope: str = _opt("head", "what trains and travels", choices=("head",))
+    scope: str = _opt("head", "what trains and travels: the head only, the last top_k "
+                      "layers too, LoRA adapters too, or everything",
+                      choices=("head", "top-k", "lora", "full"))
+    top_k: int = _opt(2, "encoder layers that train with scope 'top-k'", low=1)
+    lora_r: int = _opt(8, "LoRA rank (scope 'lora')", low=1)
+    lora_alpha: float = _opt(16.0, "LoRA scaling alpha", low=0, low_open=True)
+    lora_dropout: float = _opt(0.05, "dropout on the LoRA path", low=0, high=0.9)
+    lora_targets: str = _opt("query,value", "comma-separated module names that get adapters")
     head_hidden: int = _opt(0, "hidden units of the head (0 = a linear head)", low=0)
     dropout: float = _opt(0.1, "dropout before the head", low=0, high=0.9)
-    cache: bool = _opt(True, "encode each institution's texts through the frozen backbone "
-                       "once and train later rounds from the cached features")
+    cache: bool = _opt(True, "run each institution's texts through the frozen part of the "
+                       "backbone once and train later rounds from the cached outputs "
+                       "(scopes 'head' and 'top-k')")
+    cache_max_mb: int = _opt(1024, "memory bound of the in-process cache (MB)", low=1)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,22 +110,42 @@ def _root_cause(exc: BaseException) -> BaseException:
     return seen
 
 
-def kill_leftovers(timeout: float = 10.0) -> list[str]:
-    """Stop every process this one started (Ray's raylet, GCS, workers...)."""
+RUN_TOKEN = "FEDSILO_RUN_TOKEN"
+
+
+def _ours(token: str) -> list:
+    """Processes that inherited this run's token: Ray's raylet, GCS, agents and workers,
+    including any that a shutdown orphaned or that were started while it ran."""
     import psutil
 
-    me = psutil.Process()
-    children = me.children(recursive=True)
-    names = []
-    for p in children:
+    found = []
+    for p in psutil.process_iter():
+        if p.pid == os.getpid():
+            continue
         with contextlib.suppress(psutil.Error):
-            names.append(p.name())
-            p.terminate()
-    _, alive = psutil.wait_procs(children, timeout=timeout)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    psutil.wait_procs(alive, timeout=timeout)
+            if p.environ().get(RUN_TOKEN) == token:
+                found.append(p)
+    return found
+
+
+def kill_leftovers(token: str, timeout: float = 10.0) -> list[str]:
+    """Stop every process this run started, and wait until they are gone."""
+    import psutil
+
+    names: list[str] = []
+    for _ in range(5):
+        procs = _ours(token) + psutil.Process().children(recursive=True)
+        if not procs:
+            break
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                names.append(p.name())
+                p.terminate()
+        _, alive = psutil.wait_procs(procs, timeout=timeout)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(alive, timeout=timeout)
     return names
 
 
@@ -137,6 +158,7 @@ def simulate(s: Scenario, verbose: bool = False) -> RunOutcome:
     run_dir = results.new_run_dir(s).resolve()
     s = s.replace(**{"output.run_dir": str(run_dir)})
     os.environ.update(scratch_env(cache_dir))
+    token = os.environ[RUN_TOKEN] = uuid.uuid4().hex  # inherited by every Ray process
     ray_tmp, ray_tmp_is_temporary = ray_temp_dir(cache_dir)
     handler = None
     failed: BaseException | None = None
@@ -182,7 +204,8 @@ def simulate(s: Scenario, verbose: bool = False) -> RunOutcome:
 
             if ray.is_initialized():
                 ray.shutdown()
-        kill_leftovers()
+        kill_leftovers(token)
+        os.environ.pop(RUN_TOKEN, None)
         if handler is not None:
             logging.getLogger("flwr").removeHandler(handler)
             handler.close()

@@ -2,27 +2,32 @@
 
 The ClientApp (clients/app.py) is a thin shell around these functions. Everything heavy is
 loaded once per process (one Ray actor serves many simulated institutions): the backbone,
-the tokenizer and the feature cache.
+the scoped model and the cache. Every call loads the received shared arrays into the model
+before using it, so institutions served by the same actor never see each other's weights.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fedsilo.config import ConfigError, Scenario
+from fedsilo.config import ConfigError, ModelSection, Scenario
 from fedsilo.data import FederationData, InstitutionData, build_federation
 from fedsilo.models import backbone as bb
+from fedsilo.models.scoped import ScopedModel
 from fedsilo.training.features import (
     CachedFeatures,
     FeatureCache,
     FeatureSource,
     LiveFeatures,
     cache_key,
+    compute_prefix,
 )
 
 
@@ -38,26 +43,33 @@ def resolve_device(choice: str) -> torch.device:
 @dataclass
 class SiloRuntime:
     ref: bb.BackboneRef
-    tokenizer: object
-    backbone: torch.nn.Module
     device: torch.device
     cache: FeatureCache
+    models: dict = field(default_factory=dict)
+
+    def model(self, m: ModelSection, num_labels: int, seed: int = 0) -> ScopedModel:
+        """The scoped model for ``m`` (built once per process and scope)."""
+        key = (dataclasses.replace(m, cache=True, cache_max_mb=1), num_labels, seed)
+        if key not in self.models:
+            tokenizer, backbone = bb.load(self.ref.location)
+            if m.scope != "head":  # trainable weights: never touch the shared frozen copy
+                backbone = copy.deepcopy(backbone)
+            self.models[key] = ScopedModel(backbone, tokenizer, m, num_labels, seed).to(
+                self.device)
+        return self.models[key]
 
 
 @functools.lru_cache(maxsize=2)
-def _runtime(backbone: str, cache_dir: str, device: str) -> SiloRuntime:
+def _runtime(backbone: str, cache_dir: str, device: str, cache_mb: int) -> SiloRuntime:
     ref = bb.resolve(backbone, cache_dir)
-    tokenizer, model = bb.load(ref.location)
-    dev = resolve_device(device)
-    model.to(dev)
-    cache = FeatureCache(disk_dir=Path(cache_dir) / "features")
-    return SiloRuntime(ref, tokenizer, model, dev, cache)
+    cache = FeatureCache(max_bytes=cache_mb * 2**20, disk_dir=Path(cache_dir) / "features")
+    return SiloRuntime(ref, resolve_device(device), cache)
 
 
 def runtime_for(s: Scenario) -> SiloRuntime:
     """This process's backbone, device and cache for scenario ``s`` (built once)."""
     return _runtime(s.model.backbone, str(Path(s.simulation.cache_dir).resolve()),
-                    s.simulation.device)
+                    s.simulation.device, s.model.cache_max_mb)
 
 
 def resolve_institution(s: Scenario, node_config: dict) -> tuple[FederationData,
@@ -82,20 +94,20 @@ def resolve_institution(s: Scenario, node_config: dict) -> tuple[FederationData,
     return fed, fed.institutions[pid]
 
 
-def features(s: Scenario, rt: SiloRuntime, inst: InstitutionData, split: str) -> FeatureSource:
-    """The head's inputs for ``inst``'s ``split`` ('train' or 'test')."""
+def scope_tag(m: ModelSection) -> str:
+    return f"top-{m.top_k}" if m.scope == "top-k" else m.scope
+
+
+def features(s: Scenario, rt: SiloRuntime, model: ScopedModel, inst: InstitutionData,
+             split: str) -> FeatureSource:
+    """The model's inputs for ``inst``'s ``split`` ('train' or 'test')."""
     texts = inst.train_texts if split == "train" else inst.test_texts
     m = s.model
-    if not m.cache:
-        return LiveFeatures(texts, rt.tokenizer, rt.backbone, m.max_length, m.pooling,
-                            rt.device)
-    from fedsilo.models import encode
-
-    key = cache_key(rt.ref.identity, m.max_length, m.pooling, m.scope, inst.fingerprint(),
-                    split)
-    feats = rt.cache.get(inst.name, key, lambda: encode(texts, rt.tokenizer, rt.backbone,
-                                                        m.max_length, m.pooling, rt.device))
-    return CachedFeatures(feats)
+    if not (m.cache and model.cacheable):
+        return LiveFeatures(texts)
+    key = cache_key(rt.ref.identity, m.max_length, m.pooling, scope_tag(m),
+                    inst.fingerprint(), split)
+    return CachedFeatures(rt.cache.get(inst.name, key, lambda: compute_prefix(model, texts)))
 
 
 def labels_of(inst: InstitutionData, split: str) -> np.ndarray:

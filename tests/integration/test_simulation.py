@@ -85,11 +85,11 @@ def test_smoke_scenario_trains_records_and_cleans_up(tmp_path, cache_dir):
     assert summary["bytes"]["up"] == head_bytes * 4 * 6
     # artefacts
     head = np.load(run / "head.npz")
-    assert head["out.weight"].shape == (8, 64)
+    assert head["head.out.weight"].shape == (8, 64)
     state = json.loads((run / "checkpoint" / "state.json").read_text())
     assert state["round"] == 6 and state["seed"] == 42
     ckpt = np.load(run / "checkpoint" / "head.npz")
-    np.testing.assert_array_equal(ckpt["out.weight"], head["out.weight"])
+    np.testing.assert_array_equal(ckpt["head.out.weight"], head["head.out.weight"])
     assert (run / "accuracy.png").stat().st_size > 5000
     assert "name = \"smoke\"" in (run / "config.toml").read_text()
 

@@ -1,56 +1,74 @@
-"""The head, what travels, and the locally built tiny BERT (never downloaded)."""
+"""The scoped model, what travels, and the locally built tiny BERT (never downloaded)."""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
 import torch
 
 from fedsilo.config import ConfigError, ModelSection
-from fedsilo.models import arrays_nbytes, arrays_to_head, build_head, encode, head_to_arrays
+from fedsilo.models import arrays_nbytes
 from fedsilo.models import backbone as bb
+from fedsilo.models.scoped import ScopedModel
 
 
-def test_head_round_trips_through_arrays_exactly():
-    head = build_head(ModelSection(head_hidden=16), in_dim=12, num_labels=5, seed=3)
-    arrays = head_to_arrays(head)
-    assert set(arrays.keys()) == {"hidden.weight", "hidden.bias", "out.weight", "out.bias"}
-    other = build_head(ModelSection(head_hidden=16), in_dim=12, num_labels=5, seed=99)
-    arrays_to_head(arrays, other)
-    for (k1, v1), (k2, v2) in zip(head.state_dict().items(), other.state_dict().items(),
-                                  strict=True):
-        assert k1 == k2 and torch.equal(v1, v2)
-    assert arrays_nbytes(arrays) == 4 * (12 * 16 + 16 + 16 * 5 + 5)
+@pytest.fixture(scope="module")
+def tiny(cache_dir):
+    ref = bb.resolve("tiny", str(cache_dir))
+    return ref, *bb.load(ref.location)
 
 
-def test_same_seed_same_head_and_global_rng_untouched():
+def _model(tiny, seed=3, **m):
+    _, tok, backbone = tiny
+    return ScopedModel(copy.deepcopy(backbone), tok, ModelSection(**m), num_labels=5,
+                       seed=seed)
+
+
+def test_arrays_round_trip_exactly(tiny):
+    a = _model(tiny, head_hidden=16)
+    arrays = a.get_arrays()
+    assert set(arrays.keys()) == {"head.hidden.weight", "head.hidden.bias",
+                                  "head.out.weight", "head.out.bias"}
+    b = _model(tiny, seed=99, head_hidden=16)
+    assert not torch.equal(a.head.out.weight, b.head.out.weight)
+    b.set_arrays(arrays)
+    for k, v in a.trainable().items():
+        assert torch.equal(v, b.trainable()[k])
+    assert arrays_nbytes(arrays) == 4 * (64 * 16 + 16 + 16 * 5 + 5)
+
+
+def test_same_seed_same_init_and_global_rng_untouched(tiny):
     torch.manual_seed(0)
     before = torch.rand(1)
     torch.manual_seed(0)
-    a = build_head(ModelSection(), 8, 3, seed=1)
+    a = _model(tiny, seed=1, scope="lora")
     after = torch.rand(1)
-    b = build_head(ModelSection(), 8, 3, seed=1)
-    assert torch.equal(a.out.weight, b.out.weight)
+    b = _model(tiny, seed=1, scope="lora")
+    for (k, v), w in zip(a.get_arrays().items(), b.get_arrays().values(), strict=True):
+        np.testing.assert_array_equal(v.numpy(), w.numpy(), err_msg=k)
     assert torch.equal(before, after)
 
 
-def test_loading_arrays_of_the_wrong_shape_fails():
-    head = build_head(ModelSection(), 8, 3, seed=1)
-    with pytest.raises(RuntimeError):
-        arrays_to_head(head_to_arrays(build_head(ModelSection(), 8, 4, seed=1)), head)
+def test_arrays_of_another_scope_or_shape_are_refused(tiny):
+    head = _model(tiny)
+    with pytest.raises(ValueError, match="do not match scope 'head'"):
+        head.set_arrays(_model(tiny, scope="top-k", top_k=1).get_arrays())
+    other = ScopedModel(copy.deepcopy(tiny[2]), tiny[1], ModelSection(), 7, seed=0)
+    with pytest.raises(ValueError, match="has shape"):
+        head.set_arrays(other.get_arrays())
 
 
-def test_tiny_bert_is_built_locally_and_encodes(cache_dir):
-    ref = bb.resolve("tiny", str(cache_dir))
-    assert ref.hidden_size == 64 and (cache_dir / "tiny-bert-v1" / "tokenizer.json").is_file()
-    tok, model = bb.load(ref.location)
-    feats = encode(["my card was stolen", "I need an appointment with Dr. Kim"], tok, model,
-                   32, "mean", torch.device("cpu"))
-    assert feats.shape == (2, 64) and torch.isfinite(feats).all()
-    assert not torch.allclose(feats[0], feats[1])
-    # the WordPiece vocabulary knows the domain: few unknown tokens
-    ids = tok("please freeze my debit card")["input_ids"]
-    assert tok.unk_token_id not in ids
+def test_tiny_bert_is_built_locally_and_encodes(tiny, cache_dir):
+    ref, tok, _ = tiny
+    assert ref.hidden_size == 64
+    assert (cache_dir / "tiny-bert-v1" / "tokenizer.json").is_file()
+    pooled = _model(tiny).prefix(["my card was stolen", "I need an appointment"]).pooled
+    assert pooled.shape == (2, 64) and torch.isfinite(pooled).all()
+    assert not torch.allclose(pooled[0], pooled[1])
+    # the WordPiece vocabulary knows the domain: no unknown tokens here
+    assert tok.unk_token_id not in tok("please freeze my debit card")["input_ids"]
     # built once: a second resolve reuses the directory and identity
     assert bb.resolve("tiny", str(cache_dir)).identity == ref.identity
 
@@ -77,10 +95,8 @@ def test_an_unreachable_hub_id_is_one_clear_line(monkeypatch):
     assert "\n" not in msg
 
 
-def test_mean_pooling_ignores_padding(cache_dir):
-    ref = bb.resolve("tiny", str(cache_dir))
-    tok, model = bb.load(ref.location)
-    alone = encode(["short text"], tok, model, 32, "mean", torch.device("cpu"))
-    padded = encode(["short text", "a much longer text that forces padding of the first"],
-                    tok, model, 32, "mean", torch.device("cpu"))
-    np.testing.assert_allclose(alone[0].numpy(), padded[0].numpy(), atol=1e-5)
+def test_mean_pooling_ignores_padding(tiny):
+    m = _model(tiny)
+    alone = m.prefix(["short text"]).pooled
+    padded = m.prefix(["short text", "a much longer text that forces padding of the first"])
+    np.testing.assert_allclose(alone[0].numpy(), padded.pooled[0].numpy(), atol=1e-5)

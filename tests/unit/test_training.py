@@ -1,5 +1,6 @@
-"""Local training on the frozen backbone: the cache gives the same updates as the live path,
-its key changes with everything that changes the features, and losses fall."""
+"""Local training on every scope: the cache gives the same updates as the live path, its
+key changes with everything that changes the cached outputs, only the scope's arrays
+travel, and losses fall."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import pytest
 import torch
 
 from fedsilo import config, silo
-from fedsilo.models import build_head, head_to_arrays
+from fedsilo.config import ConfigError
 from fedsilo.training import evaluate, local_train
-from fedsilo.training.features import CachedFeatures, FeatureCache, cache_key
+from fedsilo.training.features import FeatureCache, cache_key
 
 SMOKE = "configs/smoke.toml"
 
@@ -20,54 +21,107 @@ def scenario(cache_dir):
     return config.load(SMOKE, [f"simulation.cache_dir={cache_dir}"])
 
 
-def _train_once(s, inst, rt):
-    fed, _ = silo.resolve_institution(s, {"partition-id": 0})
-    head = build_head(s.model, rt.ref.hidden_size, len(fed.labels), seed=1)
-    stats = local_train(head, silo.features(s, rt, inst, "train"), inst.train_labels,
-                        s.train, seed=5, device=torch.device("cpu"))
-    return head_to_arrays(head), stats
+def _train(s, pid=1, seed=5):
+    fed, inst = silo.resolve_institution(s, {"partition-id": pid})
+    rt = silo.runtime_for(s)
+    model = rt.model(s.model, len(fed.labels), seed=1)
+    start = model.get_arrays()
+    model.set_arrays(start)  # every round starts from the received arrays
+    stats = local_train(model, silo.features(s, rt, model, inst, "train"), inst.train_labels,
+                        s.train, seed=seed, device=torch.device("cpu"))
+    after = model.get_arrays()
+    model.set_arrays(start)  # leave the per-process model as it was for the next test
+    return start, after, stats
 
 
-def test_cached_and_uncached_paths_give_the_same_update(scenario):
-    _, inst = silo.resolve_institution(scenario, {"partition-id": 1})
-    rt = silo.runtime_for(scenario)
-    cached, s1 = _train_once(scenario, inst, rt)
-    live_s = scenario.replace(**{"model.cache": False})
-    live, s2 = _train_once(live_s, inst, silo.runtime_for(live_s))
+@pytest.mark.parametrize("scope", ["head", "top-k"])
+def test_cached_and_uncached_paths_give_the_same_update(scenario, scope):
+    s = scenario.replace(**{"model.scope": scope, "model.top_k": 1})
+    _, cached, s1 = _train(s)
+    _, live, s2 = _train(s.replace(**{"model.cache": False}))
     assert s1.steps == s2.steps > 0
+    assert set(cached.keys()) == set(live.keys())
     for k in cached.keys():
-        np.testing.assert_allclose(cached[k].numpy(), live[k].numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(cached[k].numpy(), live[k].numpy(), rtol=1e-4, atol=2e-5)
     assert s1.loss == pytest.approx(s2.loss, rel=1e-4)
 
 
-def test_cache_key_changes_with_everything_that_changes_features(scenario, cache_dir):
+def test_only_the_scope_travels(scenario):
+    sizes = {}
+    for scope in ("head", "top-k", "lora", "full"):
+        s = scenario.replace(**{"model.scope": scope, "model.top_k": 1})
+        start, after, _ = _train(s)
+        names = set(start.keys())
+        sizes[scope] = sum(v.numpy().size for v in start.values())
+        if scope == "head":
+            assert names == {"head.out.weight", "head.out.bias"}
+        if scope == "top-k":  # the last of the tiny BERT's 2 layers, and the head
+            assert all(n.startswith(("head.", "backbone.encoder.layer.1.")) for n in names)
+        if scope == "lora":
+            assert all(n.startswith("head.") or "lora_" in n for n in names)
+        # something trained in every scope
+        assert any(not np.array_equal(start[k].numpy(), after[k].numpy()) for k in names)
+    assert sizes["head"] == 64 * 8 + 8
+    assert sizes["head"] < sizes["lora"] < sizes["top-k"] < sizes["full"]
+    # LoRA r=8 on query and value of 2 layers: 2 layers * 2 modules * (64*8 + 8*64)
+    assert sizes["lora"] - sizes["head"] == 2 * 2 * (64 * 8 + 8 * 64)
+
+
+def test_top_k_larger_than_the_backbone_is_a_config_error(scenario):
+    s = scenario.replace(**{"model.scope": "top-k", "model.top_k": 5})
+    with pytest.raises(ConfigError, match=r"^model.top_k: 5 is more than the backbone's 2"):
+        silo.runtime_for(s).model(s.model, 8)
+
+
+def test_unknown_lora_target_is_a_config_error(scenario):
+    s = scenario.replace(**{"model.scope": "lora", "model.lora_targets": "query,qkv_proj"})
+    with pytest.raises(ConfigError, match="model.lora_targets: no module named 'qkv_proj'"):
+        silo.runtime_for(s).model(s.model, 8)
+
+
+def test_cache_key_changes_with_everything_that_changes_outputs(scenario):
     _, inst = silo.resolve_institution(scenario, {"partition-id": 0})
     base = dict(backbone_identity="dir:abc", max_length=32, pooling="mean", scope="head",
                 data_fingerprint=inst.fingerprint(), split="train")
     k0 = cache_key(**base)
     for change in ({"max_length": 64}, {"backbone_identity": "dir:def"}, {"pooling": "cls"},
-                   {"split": "test"}, {"data_fingerprint": "0" * 16}):
+                   {"split": "test"}, {"data_fingerprint": "0" * 16}, {"scope": "top-2"}):
         assert cache_key(**{**base, **change}) != k0, change
     assert cache_key(**base) == k0
 
 
-def test_a_new_max_length_or_backbone_is_encoded_again(scenario, cache_dir):
-    _, inst = silo.resolve_institution(scenario, {"partition-id": 0})
+def test_a_new_max_length_or_backbone_is_encoded_again(scenario):
+    fed, inst = silo.resolve_institution(scenario, {"partition-id": 0})
     rt = silo.runtime_for(scenario)
-    silo.features(scenario, rt, inst, "train")
+    model = rt.model(scenario.model, len(fed.labels))
+    silo.features(scenario, rt, model, inst, "train")
     misses = rt.cache.misses
-    silo.features(scenario, rt, inst, "train")
+    silo.features(scenario, rt, model, inst, "train")
     assert rt.cache.misses == misses  # hit
     shorter = scenario.replace(**{"model.max_length": 8})  # truncates most texts
-    f8 = silo.features(shorter, rt, inst, "train")
+    m8 = rt.model(shorter.model, len(fed.labels))
+    f8 = silo.features(shorter, rt, m8, inst, "train")
     assert rt.cache.misses == misses + 1
-    f32 = silo.features(scenario, rt, inst, "train")
-    assert not torch.allclose(f32.features, f8.features)
-    # another backbone (MiniLM) has another identity and hidden size: never the tiny cache
+    f32 = silo.features(scenario, rt, model, inst, "train")
+    assert not torch.allclose(f32.stored["pooled"], f8.stored["pooled"])
+    # another backbone (MiniLM) has another identity and width: never the tiny cache
     mini = scenario.replace(**{"model.backbone": "minilm"})
     rt_mini = silo.runtime_for(mini)
     assert rt_mini.ref.identity != rt.ref.identity
-    assert silo.features(mini, rt_mini, inst, "train").features.shape[1] == 384
+    feats = silo.features(mini, rt_mini, rt_mini.model(mini.model, 8), inst, "train")
+    assert feats.stored["pooled"].shape[1] == 384
+
+
+def test_top_k_cache_holds_token_states_and_mask(scenario):
+    s = scenario.replace(**{"model.scope": "top-k", "model.top_k": 1})
+    fed, inst = silo.resolve_institution(s, {"partition-id": 0})
+    rt = silo.runtime_for(s)
+    feats = silo.features(s, rt, rt.model(s.model, 8), inst, "train")
+    n = len(inst.train_texts)
+    assert feats.stored["hidden"].shape[0] == n and feats.stored["hidden"].shape[2] == 64
+    assert feats.stored["mask"].shape == feats.stored["hidden"].shape[:2]
+    batch = feats.rows(np.arange(4))
+    assert batch.hidden.shape[1] == int(batch.mask.sum(1).max())  # padding columns dropped
 
 
 def test_disk_cache_survives_a_new_process_cache(tmp_path):
@@ -75,32 +129,30 @@ def test_disk_cache_survives_a_new_process_cache(tmp_path):
 
     def compute():
         calls.append(1)
-        return torch.arange(6, dtype=torch.float32).reshape(3, 2)
+        return {"pooled": torch.arange(6, dtype=torch.float32).reshape(3, 2)}
 
     FeatureCache(disk_dir=tmp_path).get("bank-1", "k", compute)
     again = FeatureCache(disk_dir=tmp_path).get("bank-1", "k", compute)
-    assert len(calls) == 1 and torch.equal(again, compute())
-    assert (tmp_path / "bank-1" / "k.npy").is_file()
+    assert len(calls) == 1 and torch.equal(again["pooled"], compute()["pooled"])
+    assert (tmp_path / "bank-1" / "k.npz").is_file()
 
 
 def test_memory_cache_is_bounded():
     cache = FeatureCache(max_bytes=1000)
     for i in range(10):
-        cache.get("x", f"k{i}", lambda: torch.zeros(100))  # 400 bytes each
-    assert cache._bytes() <= 1000 and len(cache._mem) == 2
+        cache.get("x", f"k{i}", lambda: {"pooled": torch.zeros(100)})  # 400 bytes each
+    assert cache.nbytes() <= 1000 and len(cache) == 2
 
 
 def test_local_training_lowers_the_loss_and_beats_chance(scenario):
-    _, inst = silo.resolve_institution(scenario, {"partition-id": 2})
-    rt = silo.runtime_for(scenario)
     s = scenario.replace(**{"train.local_epochs": 30})
-    arrays, stats = _train_once(s, inst, rt)
+    fed, inst = silo.resolve_institution(s, {"partition-id": 2})
+    rt = silo.runtime_for(s)
+    _, after, stats = _train(s, pid=2)
     assert stats.loss < 0.8 * stats.first_loss
-    head = build_head(s.model, rt.ref.hidden_size, 8, seed=1)
-    from fedsilo.models import arrays_to_head
-
-    arrays_to_head(arrays, head)
-    train_eval = evaluate(head, CachedFeatures(silo.features(s, rt, inst, "train").features),
+    model = rt.model(s.model, len(fed.labels), seed=1)
+    model.set_arrays(after)
+    train_eval = evaluate(model, silo.features(s, rt, model, inst, "train"),
                           inst.train_labels, 8, torch.device("cpu"))
     assert train_eval.accuracy > 2 / 8  # chance is 1/8
     assert train_eval.confusion.sum() == len(inst.train_texts)

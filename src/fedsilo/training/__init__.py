@@ -10,6 +10,7 @@ from torch import nn
 
 from fedsilo.config import TrainSection
 from fedsilo.metrics import scores_from_confusion
+from fedsilo.models.scoped import ScopedModel
 from fedsilo.training.features import FeatureSource
 
 
@@ -30,11 +31,12 @@ class EvalStats:
     examples: int
 
 
-def local_train(head: nn.Module, source: FeatureSource, labels: np.ndarray, t: TrainSection,
-                seed: int, device: torch.device) -> TrainStats:
-    """Train ``head`` in place for ``t.local_epochs`` passes over the local data."""
-    head.to(device).train()
-    params = [p for p in head.parameters() if p.requires_grad]
+def local_train(model: ScopedModel, source: FeatureSource, labels: np.ndarray,
+                t: TrainSection, seed: int, device: torch.device) -> TrainStats:
+    """Train ``model``'s trainable scope in place for ``t.local_epochs`` local passes."""
+    model.to(device)
+    model.train_mode()
+    params = list(model.trainable().values())
     if t.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay)
     else:
@@ -48,9 +50,8 @@ def local_train(head: nn.Module, source: FeatureSource, labels: np.ndarray, t: T
         total, count = 0.0, 0
         for start in range(0, len(perm), t.batch_size):
             idx = perm[start:start + t.batch_size]
-            x = source.rows(idx).to(device)
             y = y_all[torch.as_tensor(idx)].to(device)
-            loss = nn.functional.cross_entropy(head(x), y)
+            loss = nn.functional.cross_entropy(model.logits(source.rows(idx)), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -63,16 +64,16 @@ def local_train(head: nn.Module, source: FeatureSource, labels: np.ndarray, t: T
 
 
 @torch.no_grad()
-def evaluate(head: nn.Module, source: FeatureSource, labels: np.ndarray, num_labels: int,
-             device: torch.device, batch_size: int = 256) -> EvalStats:
-    """Loss, accuracy, macro-F1 and the confusion matrix of ``head`` on local data."""
-    head.to(device).eval()
+def evaluate(model: ScopedModel, source: FeatureSource, labels: np.ndarray, num_labels: int,
+             device: torch.device, batch_size: int = 128) -> EvalStats:
+    """Loss, accuracy, macro-F1 and the confusion matrix of ``model`` on local data."""
+    model.to(device).eval()
     confusion = np.zeros((num_labels, num_labels), dtype=np.int64)
     total = 0.0
     y_all = torch.as_tensor(labels, dtype=torch.long)
     for start in range(0, len(source), batch_size):
         idx = np.arange(start, min(start + batch_size, len(source)))
-        logits = head(source.rows(idx).to(device)).cpu()
+        logits = model.logits(source.rows(idx)).float().cpu()
         y = y_all[idx]
         total += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         np.add.at(confusion, (y.numpy(), logits.argmax(1).numpy()), 1)

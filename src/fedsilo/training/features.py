@@ -1,10 +1,11 @@
-"""Where the head's inputs come from: the frozen backbone, live or through a private cache.
+"""Where the model's inputs come from: raw texts, or the frozen prefix's cached outputs.
 
-With ``model.cache = true`` each institution runs its texts through the frozen backbone once;
-later rounds and epochs train from the stored pooled features. The cache lives in the
-process's memory (bounded, least recently used out first) and on the institution's own
-disk under ``<simulation.cache_dir>/features/<institution>/``. Its key holds everything that
-changes the features: backbone identity, max length, pooling, scope and the data itself.
+With ``model.cache = true`` and a scope whose bottom is frozen (``head``, ``top-k``), each
+institution runs its texts through the frozen prefix once; later rounds and epochs train
+from the stored outputs. The cache lives in the process's memory (bounded by
+``model.cache_max_mb``, least recently used out first) and on the institution's own disk
+under ``<simulation.cache_dir>/features/<institution>/``. Its key holds everything that
+changes the outputs: backbone identity, max length, pooling, scope (and k) and the data.
 """
 
 from __future__ import annotations
@@ -19,43 +20,63 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from fedsilo.models import encode
+from fedsilo.models.scoped import Batch
 
 
 class FeatureSource(Protocol):
     def __len__(self) -> int: ...
 
-    def rows(self, idx: np.ndarray) -> torch.Tensor: ...
+    def rows(self, idx: np.ndarray) -> Batch: ...
 
 
 class CachedFeatures:
-    """Features computed once, indexed per batch."""
+    """Frozen-prefix outputs computed once, sliced per batch."""
 
-    def __init__(self, features: torch.Tensor):
-        self.features = features
+    def __init__(self, stored: dict[str, torch.Tensor]):
+        self.stored = stored
 
     def __len__(self) -> int:
-        return self.features.shape[0]
+        return next(iter(self.stored.values())).shape[0]
 
-    def rows(self, idx: np.ndarray) -> torch.Tensor:
-        return self.features[torch.as_tensor(idx)]
+    def rows(self, idx: np.ndarray) -> Batch:
+        i = torch.as_tensor(idx)
+        if "pooled" in self.stored:
+            return Batch(pooled=self.stored["pooled"][i])
+        mask = self.stored["mask"][i]
+        width = int(mask.sum(1).max())  # drop columns that are padding for the whole batch
+        return Batch(hidden=self.stored["hidden"][i, :width], mask=mask[:, :width])
 
 
 class LiveFeatures:
-    """Features computed through the backbone for every batch (no cache)."""
+    """Texts handed to the model as they are: the backbone runs on every batch."""
 
-    def __init__(self, texts, tokenizer, backbone, max_length: int, pooling: str,
-                 device: torch.device):
-        self.texts, self.tokenizer, self.backbone = texts, tokenizer, backbone
-        self.max_length, self.pooling, self.device = max_length, pooling, device
+    def __init__(self, texts):
+        self.texts = texts
 
     def __len__(self) -> int:
         return len(self.texts)
 
-    def rows(self, idx: np.ndarray) -> torch.Tensor:
-        batch = [self.texts[i] for i in idx]
-        return encode(batch, self.tokenizer, self.backbone, self.max_length, self.pooling,
-                      self.device, batch_size=max(1, len(batch)))
+    def rows(self, idx: np.ndarray) -> Batch:
+        return Batch(texts=[self.texts[i] for i in idx])
+
+
+def compute_prefix(model, texts, batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """Run ``model``'s frozen prefix over every text once (the cache's payload)."""
+    parts = [model.prefix(list(texts[s:s + batch_size]))
+             for s in range(0, len(texts), batch_size)]
+    if parts[0].pooled is not None:
+        return {"pooled": torch.cat([p.pooled for p in parts])}
+    width = max(p.mask.shape[1] for p in parts)
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        extra = width - t.shape[1]
+        if extra == 0:
+            return t
+        shape = (t.shape[0], extra, *t.shape[2:])
+        return torch.cat([t, torch.zeros(shape, dtype=t.dtype)], dim=1)
+
+    return {"hidden": torch.cat([pad(p.hidden) for p in parts]),
+            "mask": torch.cat([pad(p.mask) for p in parts])}
 
 
 def cache_key(backbone_identity: str, max_length: int, pooling: str, scope: str,
@@ -64,45 +85,50 @@ def cache_key(backbone_identity: str, max_length: int, pooling: str, scope: str,
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
+def _nbytes(value: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in value.values())
+
+
 class FeatureCache:
     """A bounded in-memory LRU in front of an optional on-disk store."""
 
-    def __init__(self, max_bytes: int = 512 * 2**20, disk_dir: Path | None = None):
+    def __init__(self, max_bytes: int = 1024 * 2**20, disk_dir: Path | None = None):
         self.max_bytes = max_bytes
         self.disk_dir = disk_dir
-        self._mem: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._mem: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self.hits = self.misses = 0
 
-    def _bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self._mem.values())
+    def nbytes(self) -> int:
+        return sum(_nbytes(v) for v in self._mem.values())
 
-    def _put(self, key: str, value: torch.Tensor) -> None:
+    def __len__(self) -> int:
+        return len(self._mem)
+
+    def _put(self, key: str, value: dict[str, torch.Tensor]) -> None:
         self._mem[key] = value
         self._mem.move_to_end(key)
-        while len(self._mem) > 1 and self._bytes() > self.max_bytes:
+        while len(self._mem) > 1 and self.nbytes() > self.max_bytes:
             self._mem.popitem(last=False)
 
-    def _disk_path(self, owner: str, key: str) -> Path | None:
-        return None if self.disk_dir is None else self.disk_dir / owner / f"{key}.npy"
-
-    def get(self, owner: str, key: str, compute) -> torch.Tensor:
-        """The features under ``key``, computing and storing them on a miss."""
+    def get(self, owner: str, key: str, compute) -> dict[str, torch.Tensor]:
+        """The payload under ``key``, computing and storing it on a miss."""
         if key in self._mem:
             self._mem.move_to_end(key)
             self.hits += 1
             return self._mem[key]
-        path = self._disk_path(owner, key)
+        path = None if self.disk_dir is None else self.disk_dir / owner / f"{key}.npz"
         if path is not None and path.is_file():
-            value = torch.from_numpy(np.load(path))
+            with np.load(path) as z:
+                value = {k: torch.from_numpy(z[k]) for k in z.files}
             self.hits += 1
         else:
             self.misses += 1
             value = compute()
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
+                fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
                 with os.fdopen(fd, "wb") as fh:
-                    np.save(fh, value.numpy())
+                    np.savez(fh, **{k: v.numpy() for k, v in value.items()})
                 os.replace(tmp, path)
         self._put(key, value)
         return value
