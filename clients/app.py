@@ -85,6 +85,7 @@ def evaluate_head(msg: Message, context: Context) -> Message:
     scenario, fed, inst = _setup(context)
     server_round = int(msg.content["config"]["server-round"])
     with _as_institution(inst.name, inst.kind, f"evaluation (round {server_round})"):
+        t0 = time.perf_counter()
         rt = runtime_for(scenario)
         model = rt.model(scenario.model, len(fed.labels))
         model.set_arrays(msg.content["arrays"])
@@ -94,5 +95,6 @@ def evaluate_head(msg: Message, context: Context) -> Message:
             "num-examples": stats.examples, "institution-id": fed.names().index(inst.name),
             "loss": stats.loss, "accuracy": stats.accuracy, "macro-f1": stats.macro_f1,
             "confusion": [int(v) for v in stats.confusion.ravel()],
+            "eval-time-s": time.perf_counter() - t0,
         })
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)

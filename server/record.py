@@ -47,13 +47,15 @@ class RunRecorder:
         """Flower's evaluate_fn hook: runs after each round's aggregation and evaluation."""
         if server_round == 0:
             return None
+        t0 = time.perf_counter()
+        self._checkpoint(server_round, arrays)
         now = time.perf_counter()
         row = self._row(server_round, now - self.t_round)
+        row["timing"]["checkpoint_s"] = now - t0
         self.t_round = now
         self.rows.append(row)
         with (self.run_dir / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps(row) + "\n")
-        self._checkpoint(server_round, arrays)
         self._progress(row)
         g = row["global"]
         return MetricRecord({"accuracy": g["accuracy"], "macro-f1": g["macro_f1"]})
@@ -81,6 +83,9 @@ class RunRecorder:
         n_train = sum(t["num-examples"] for t in train.values())
         train_loss = (sum(t["train-loss"] * t["num-examples"] for t in train.values())
                       / n_train) if n_train else None
+        timing = dict(self.ledger.timing.get(server_round, {}))
+        timing["client_train_s"] = sum(t.get("train-time-s", 0.0) for t in train.values())
+        timing["client_eval_s"] = sum(e.get("eval-time-s", 0.0) for e in evals.values())
         return {
             "round": server_round,
             "global": {"accuracy": g["accuracy"], "macro_f1": g["macro-f1"],
@@ -91,6 +96,7 @@ class RunRecorder:
             "bytes_down": self.ledger.bytes_down.get(server_round, 0),
             "wall_time_s": wall,
             "elapsed_s": time.perf_counter() - self.t_start,
+            "timing": timing,
         }
 
     def _checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:

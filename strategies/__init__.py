@@ -9,6 +9,7 @@ metrics from summed confusion matrices, and turns any client error or missing re
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -59,6 +60,9 @@ class RoundLedger:
         self.bytes_down: dict[int, int] = {}
         self.bytes_up: dict[int, int] = {}
         self.sent: dict[tuple[int, str], list[int]] = {}
+        # seconds per round: phase wall time (send -> all replies in) and aggregation
+        self.timing: dict[int, dict[str, float]] = {}
+        self._phase_start: dict[tuple[int, str], float] = {}
 
     def name_of(self, node_id: int) -> str:
         info = self.roster.get(node_id)
@@ -112,7 +116,18 @@ class Tracked:
         self.ledger.bytes_down[server_round] = self.ledger.bytes_down.get(server_round, 0) + down
         if self.on_round_start is not None:
             self.on_round_start(server_round, stage, len(msgs))
+        self.ledger._phase_start[(server_round, stage)] = time.perf_counter()
         return msgs
+
+    def _aggregate(self, server_round: int, stage: str, replies: Iterable[Message], agg):
+        t0 = time.perf_counter()
+        timing = self.ledger.timing.setdefault(server_round, {})
+        timing[f"{stage}_phase_s"] = t0 - self.ledger._phase_start.get((server_round, stage), t0)
+        replies = self.ledger.check(server_round, stage, list(replies))
+        self.ledger.record(server_round, stage, replies)
+        out = agg(server_round, replies)
+        timing[f"{stage}_aggregate_s"] = time.perf_counter() - t0
+        return out
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -125,14 +140,11 @@ class Tracked:
         return self._sent(server_round, "evaluation", msgs, arrays)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        replies = self.ledger.check(server_round, "training", list(replies))
-        self.ledger.record(server_round, "training", replies)
-        return super().aggregate_train(server_round, replies)
+        return self._aggregate(server_round, "training", replies, super().aggregate_train)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
-        replies = self.ledger.check(server_round, "evaluation", list(replies))
-        self.ledger.record(server_round, "evaluation", replies)
-        return super().aggregate_evaluate(server_round, replies)
+        return self._aggregate(server_round, "evaluation", replies,
+                               super().aggregate_evaluate)
 
 
 class TrackedFedAvg(Tracked, FedAvg):

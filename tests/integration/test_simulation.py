@@ -140,3 +140,19 @@ def test_data_command_prints_the_partition_table(tmp_path):
     assert [ln.split()[0] for ln in lines[2:]] == ["bank-1", "bank-2", "bank-3", "hospital-1",
                                                     "hospital-2", "ALL"]
 
+
+
+@pytest.mark.parametrize(("scope", "shared"), [
+    # tiny BERT: hidden 64, intermediate 128, 2 layers; 8 labels
+    ("top-k", 64 * 8 + 8 + (4 * (64 * 64 + 64) + 2 * 64 + 64 * 128 + 128 + 128 * 64 + 64
+                            + 2 * 64)),
+    ("lora", 64 * 8 + 8 + 2 * 2 * (64 * 8 + 8 * 64)),
+])
+def test_other_scopes_train_and_send_only_their_arrays(tmp_path, cache_dir, scope, shared):
+    proc, runs = run_scenario(tmp_path, cache_dir, "smoke.toml", "scenario.rounds=2",
+                              f"model.scope=\"{scope}\"", "model.top_k=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((runs[0] / "summary.json").read_text())
+    assert summary["model"]["shared_parameters"] == shared
+    assert summary["bytes"]["per_round_up"] == 4 * shared * 4  # 4 institutions, float32
+    assert summary["final"]["global"]["accuracy"] > 1 / 8

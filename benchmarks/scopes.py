@@ -1,0 +1,243 @@
+"""What a round costs: the naive way against fedsilo's scopes, side by side in one run.
+
+    python benchmarks/scopes.py --quick --json bench.json     # a few minutes on 2 CPU cores
+    python benchmarks/scopes.py --json bench.json             # the default scenario's data
+
+Part 1 runs the same scenario data, backbone (offline MiniLM) and machine four ways, each a
+real `fedsilo run` (Flower simulation on Ray):
+  (a) naive    the whole model trained and sent every round, every text re-encoded every
+               epoch (as Flower's Hugging Face quickstart does it)
+  (b) head     scope `head` without the cache (frozen backbone re-run on every batch)
+  (c) cached   scope `head` with the frozen-prefix cache (fresh cache: round 1 encodes)
+  (d) lora     scope `lora` (rank 8 on query/value) + head
+and reports time to a target global accuracy (from launching the command, so start-up is
+included), seconds per round after the first, bytes per round, and the peak resident
+memory of the whole process tree (Ray workers included), with ratios against (a).
+
+Part 2 scales the number of institutions (10, 100, 1000; small partitions; 10 sampled per
+round) and reports peak memory and seconds per round.
+
+Part 3 profiles a cached round: where its time goes (client compute, aggregation,
+checkpointing, and what is left: Flower/Ray messaging and serialisation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from fedsilo.results import format_table  # noqa: E402
+
+VARIANTS = {  # name -> (description, --set overrides)
+    "naive": ("(a) full model, no cache", ["model.scope=\"full\"", "model.cache=false",
+                                          "train.lr=5e-5"]),
+    "head": ("(b) head, no cache", ["model.scope=\"head\"", "model.cache=false"]),
+    "cached": ("(c) head + cache", ["model.scope=\"head\"", "model.cache=true"]),
+    "lora": ("(d) lora r=8 + head", ["model.scope=\"lora\"", "model.cache=false",
+                                     "train.lr=1e-3"]),
+}
+
+
+class PeakRSS:
+    """Samples the summed RSS of a process and all its descendants."""
+
+    def __init__(self, pid: int, every: float = 0.2):
+        self.root = psutil.Process(pid)
+        self.peak = 0
+        self.every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+            except psutil.Error:
+                break
+            total = 0
+            for p in procs:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.every)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def run(sets: list[str], workdir: Path, cache_dir: Path) -> dict:
+    """One `fedsilo run`; returns its summary, metrics rows, launch time and peak RSS."""
+    out = workdir / "runs"
+    cmd = [sys.executable, "-m", "fedsilo.cli", "run", str(ROOT / "configs/bank_hospital.toml"),
+           "--set", f"output.dir={out}", "--set", f"simulation.cache_dir={cache_dir}",
+           "--set", "output.plot=false"]
+    for s in sets:
+        cmd += ["--set", s]
+    launched = time.time()
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    sampler = PeakRSS(proc.pid)
+    stdout, stderr = proc.communicate()
+    peak = sampler.stop()
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark run failed ({' '.join(sets)}): {stderr.strip()[-2000:]}")
+    run_dir = max(out.iterdir(), key=lambda p: p.stat().st_mtime)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {"summary": summary, "rows": rows, "launched": launched, "peak_rss": peak,
+            "stdout": stdout}
+
+
+def time_to_target(r: dict, target: float) -> float | None:
+    offset = r["summary"]["started_at"] - r["launched"]  # process start, imports, Ray
+    for row in r["rows"]:
+        if row["global"]["accuracy"] >= target:
+            return offset + row["elapsed_s"]
+    return None
+
+
+def part1(args, workdir: Path) -> dict:
+    data = ["data.synthetic.size=100"] if args.quick else []
+    rounds = ({"naive": 3, "head": 5, "cached": 8, "lora": 4} if args.quick
+              else {"naive": 4, "head": 8, "cached": 12, "lora": 6})
+    results = {}
+    for name, (label, sets) in VARIANTS.items():
+        print(f"part 1: {label}, {rounds[name]} rounds ...", flush=True)
+        cache_dir = Path(tempfile.mkdtemp(prefix="cache-", dir=workdir))  # cold cache
+        r = run(sets + data + [f"scenario.rounds={rounds[name]}"], workdir, cache_dir)
+        later = [row["wall_time_s"] for row in r["rows"][1:]]
+        results[name] = {
+            "label": label,
+            "rounds": len(r["rows"]),
+            "time_to_target_s": time_to_target(r, args.target),
+            "final_accuracy": r["summary"]["final"]["global"]["accuracy"],
+            "best_accuracy": r["summary"]["best"]["global"]["accuracy"],
+            "first_round_s": r["rows"][0]["wall_time_s"],
+            "s_per_round_after_first": sum(later) / len(later) if later else None,
+            "bytes_per_round": r["summary"]["bytes"]["per_round_up"]
+            + r["summary"]["bytes"]["per_round_down"],
+            "peak_rss_mb": r["peak_rss"] / 2**20,
+            "wall_time_s": r["summary"]["command_wall_time_s"],
+            "rows": r["rows"],
+        }
+        print(f"  -> final acc {results[name]['final_accuracy']:.3f}, time to "
+              f"{args.target}: {results[name]['time_to_target_s']}", flush=True)
+    return results
+
+
+def part2(args, workdir: Path) -> dict:
+    out = {}
+    for n in (10, 100, 1000):
+        print(f"part 2: {n} institutions ...", flush=True)
+        banks = n * 3 // 5
+        frac = min(1.0, 10 / n)
+        sets = [f"federation.banks={banks}", f"federation.hospitals={n - banks}",
+                "data.synthetic.size=20", "data.synthetic.size_spread=0.0",
+                "data.min_examples=4", f"strategy.fraction_train={frac}",
+                f"strategy.fraction_evaluate={frac}", "strategy.min_train_clients=10",
+                "scenario.rounds=4"]
+        cache_dir = Path(tempfile.mkdtemp(prefix="cache-", dir=workdir))
+        r = run(sets, workdir, cache_dir)
+        later = [row["wall_time_s"] for row in r["rows"][1:]]
+        out[str(n)] = {"institutions": n, "peak_rss_mb": r["peak_rss"] / 2**20,
+                       "s_per_round_after_first": sum(later) / len(later),
+                       "startup_s": r["summary"].get("startup_s"),
+                       "wall_time_s": r["summary"]["command_wall_time_s"]}
+    return out
+
+
+def profile(rows: list[dict], actors: int) -> dict:
+    """Mean seconds per cached round (rounds after the first) by where they go."""
+    later = rows[1:] or rows
+    keys = ["training_phase_s", "evaluation_phase_s", "training_aggregate_s",
+            "evaluation_aggregate_s", "client_train_s", "client_eval_s", "checkpoint_s"]
+    mean = {k: sum(r["timing"].get(k, 0.0) for r in later) / len(later) for k in keys}
+    wall = sum(r["wall_time_s"] for r in later) / len(later)
+    compute = (mean["client_train_s"] + mean["client_eval_s"]) / actors
+    aggregate = mean["training_aggregate_s"] + mean["evaluation_aggregate_s"]
+    phases = mean["training_phase_s"] + mean["evaluation_phase_s"]
+    return {"round_wall_s": wall,
+            "client compute (train+eval, over parallel actors)": compute,
+            "server aggregation": aggregate,
+            "checkpoint + metrics": mean["checkpoint_s"],
+            "Flower/Ray messaging, serialisation, scheduling": phases - compute,
+            "other server work": wall - phases - aggregate - mean["checkpoint_s"],
+            "detail": mean}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller data, fewer rounds")
+    ap.add_argument("--target", type=float, default=0.8, help="target global accuracy")
+    ap.add_argument("--json", type=Path, help="write the tables here as JSON")
+    ap.add_argument("--skip-scaling", action="store_true")
+    args = ap.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="fedsilo-bench-"))
+    res = part1(args, workdir)
+    a = res["naive"]
+
+    def ratio(x, y):
+        return None if x is None or y is None or y == 0 else x / y
+
+    rows = []
+    for v in res.values():
+        ttt = v["time_to_target_s"]
+        rows.append([v["label"], v["final_accuracy"],
+                     f"{ttt:.1f}" if ttt is not None else f"> {v['wall_time_s']:.0f}",
+                     v["s_per_round_after_first"], f"{v['bytes_per_round']:,}",
+                     f"{v['peak_rss_mb']:.0f}",
+                     _x(ratio(a["time_to_target_s"], ttt)),
+                     _x(ratio(a["s_per_round_after_first"], v["s_per_round_after_first"])),
+                     _x(ratio(a["bytes_per_round"], v["bytes_per_round"])),
+                     _x(ratio(v["peak_rss_mb"], a["peak_rss_mb"]), "")])
+    print(f"\nPart 1 ({'quick' if args.quick else 'full'}): target global accuracy "
+          f"{args.target}; ratios are (a)/variant, memory variant/(a)")
+    print(format_table(rows, ["variant", "final acc", "s to target", "s/round",
+                              "bytes/round", "peak MB", "x sooner", "x faster rounds",
+                              "x fewer bytes", "memory vs (a)"]))
+    report = {"mode": "quick" if args.quick else "full", "target": args.target,
+              "part1": {k: {kk: vv for kk, vv in v.items() if kk != "rows"}
+                        for k, v in res.items()}}
+    prof = profile(res["cached"]["rows"], actors=2)
+    report["profile_cached_round"] = prof
+    print("\nPart 3: where a cached round's time goes (mean of rounds after the first)")
+    print(format_table([[k, v, f"{100 * v / prof['round_wall_s']:.0f}%"]
+                        for k, v in prof.items() if k not in ("detail",)],
+                       ["part", "seconds", "share"]))
+    if not args.skip_scaling:
+        scale = part2(args, workdir)
+        base = scale["10"]["peak_rss_mb"]
+        print("\nPart 2: scaling the number of institutions (10 sampled per round)")
+        print(format_table([[v["institutions"], f"{v['peak_rss_mb']:.0f}",
+                             _x(v["peak_rss_mb"] / base, ""), v["s_per_round_after_first"],
+                             v["startup_s"]] for v in scale.values()],
+                           ["institutions", "peak MB", "memory vs 10", "s/round",
+                            "s before round 1"]))
+        report["part2"] = scale
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"\nwritten: {args.json}")
+
+
+def _x(v: float | None, suffix: str = "x") -> str:
+    return "-" if v is None else f"{v:.1f}{suffix}" if v < 100 else f"{v:,.0f}{suffix}"
+
+
+if __name__ == "__main__":
+    main()
