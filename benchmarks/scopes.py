@@ -45,7 +45,7 @@ VARIANTS = {  # name -> (description, --set overrides)
     "head": ("(b) head, no cache", ["model.scope=\"head\"", "model.cache=false"]),
     "cached": ("(c) head + cache", ["model.scope=\"head\"", "model.cache=true"]),
     "lora": ("(d) lora r=8 + head", ["model.scope=\"lora\"", "model.cache=false",
-                                     "train.lr=1e-3"]),
+                                     "train.lr=2e-3"]),
 }
 
 
@@ -114,13 +114,15 @@ def time_to_target(r: dict, target: float) -> float | None:
 
 def part1(args, workdir: Path) -> dict:
     data = ["data.synthetic.size=100"] if args.quick else []
-    rounds = ({"naive": 3, "head": 5, "cached": 8, "lora": 4} if args.quick
-              else {"naive": 4, "head": 8, "cached": 12, "lora": 6})
+    # each variant runs until it reaches the target (scenario.target_accuracy) or this many
+    rounds = ({"naive": 10, "head": 10, "cached": 12, "lora": 10} if args.quick
+              else {"naive": 10, "head": 12, "cached": 12, "lora": 12})
     results = {}
     for name, (label, sets) in VARIANTS.items():
         print(f"part 1: {label}, {rounds[name]} rounds ...", flush=True)
         cache_dir = Path(tempfile.mkdtemp(prefix="cache-", dir=workdir))  # cold cache
-        r = run(sets + data + [f"scenario.rounds={rounds[name]}"], workdir, cache_dir)
+        r = run(sets + data + [f"scenario.rounds={rounds[name]}",
+                               f"scenario.target_accuracy={args.target}"], workdir, cache_dir)
         later = [row["wall_time_s"] for row in r["rows"][1:]]
         results[name] = {
             "label": label,

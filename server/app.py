@@ -13,7 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedsilo import config, results
 from fedsilo.models import backbone as bb
 from fedsilo.models.scoped import ScopedModel
-from server.record import RunRecorder, _say
+from server.record import RunRecorder, TargetReached, _say
 from strategies import ClientFailure, RoundLedger, build_strategy
 
 app = ServerApp()
@@ -109,9 +109,14 @@ def run(grid: Grid, s: config.Scenario, run_dir: Path) -> None:
     recorder = RunRecorder(s, run_dir, ledger, labels)
     strategy = build_strategy(s, ledger, num_nodes=len(roster))
     strategy.on_round_start = recorder.on_round_start
-    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=s.scenario.rounds,
-                            timeout=s.strategy.round_timeout_s, train_config=ConfigRecord(),
-                            evaluate_config=ConfigRecord(),
-                            evaluate_fn=recorder.on_round_end)
-    summary = recorder.finish(result.arrays)
+    try:
+        result = strategy.start(grid=grid, initial_arrays=initial,
+                                num_rounds=s.scenario.rounds,
+                                timeout=s.strategy.round_timeout_s, train_config=ConfigRecord(),
+                                evaluate_config=ConfigRecord(),
+                                evaluate_fn=recorder.on_round_end)
+        final = result.arrays
+    except TargetReached:
+        final = recorder.last_arrays
+    summary = recorder.finish(final)
     _say("\n" + results.final_table(summary))

@@ -20,6 +20,10 @@ def _say(text: str) -> None:
     print(text, flush=True, file=sys.stdout)
 
 
+class TargetReached(Exception):
+    """Raised after the round whose global accuracy reached scenario.target_accuracy."""
+
+
 class RunRecorder:
     def __init__(self, s: Scenario, run_dir: Path, ledger: RoundLedger, labels: list[str]):
         self.s, self.run_dir, self.ledger, self.labels = s, run_dir, ledger, labels
@@ -29,6 +33,8 @@ class RunRecorder:
         self.first_round_started: float | None = None
         self.first_round_started_at: float | None = None
         self.rows: list[dict] = []
+        self.last_arrays: ArrayRecord | None = None
+        self.stopped_early = False
         (run_dir / "metrics.jsonl").write_text("")
 
     # -- per round --------------------------------------------------------------------
@@ -57,7 +63,13 @@ class RunRecorder:
         with (self.run_dir / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         self._progress(row)
+        self.last_arrays = arrays
         g = row["global"]
+        target = self.s.scenario.target_accuracy
+        if target > 0 and g["accuracy"] >= target and server_round < self.s.scenario.rounds:
+            self.stopped_early = True
+            _say(f"target accuracy {target} reached in round {server_round}: stopping")
+            raise TargetReached()
         return MetricRecord({"accuracy": g["accuracy"], "macro-f1": g["macro_f1"]})
 
     def _row(self, server_round: int, wall: float) -> dict:
@@ -128,6 +140,7 @@ class RunRecorder:
         before = (self.first_round_started or self.t_start) - self.t_start
         summary = {
             "status": "completed",
+            "stopped_early": self.stopped_early,
             "scenario": self.s.scenario.name,
             "rounds": len(self.rows),
             "final": {"round": last["round"], "global": last["global"],

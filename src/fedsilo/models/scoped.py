@@ -162,6 +162,10 @@ def _apply_scope(backbone: nn.Module, m: ModelSection) -> tuple[nn.Module, int]:
     if m.scope == "full":
         for p in backbone.parameters():
             p.requires_grad_(True)
+        pooler = getattr(backbone, "pooler", None)
+        if pooler is not None:  # unused: the head reads the pooled token states
+            for p in pooler.parameters():
+                p.requires_grad_(False)
         return backbone, 0
     if m.scope == "top-k":
         if m.top_k > depth:
