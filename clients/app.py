@@ -12,13 +12,24 @@ import time
 import zlib
 from contextlib import contextmanager
 
+import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
 from fedsilo import config
+from fedsilo.faults import attack_update, flip_labels
 from fedsilo.silo import features, labels_of, resolve_institution, runtime_for
 from fedsilo.training import evaluate, local_train
+from fedsilo.training.scaffold import CONTROL_KEY, DELTA_C_KEY, STATE_KEY, client_variate
 
 app = ClientApp()
 
@@ -58,7 +69,8 @@ def describe(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     scenario, fed, inst = _setup(context)
-    server_round = int(msg.content["config"]["server-round"])
+    config = msg.content["config"]
+    server_round = int(config["server-round"])
     with _as_institution(inst.name, inst.kind, f"training (round {server_round})"):
         if inst.name in scenario.faults.crashing() and \
                 server_round >= scenario.faults.crash_from_round:
@@ -66,18 +78,51 @@ def train(msg: Message, context: Context) -> Message:
         t0 = time.perf_counter()
         rt = runtime_for(scenario)
         model = rt.model(scenario.model, len(fed.labels))
-        model.set_arrays(msg.content["arrays"])
-        index = fed.names().index(inst.name)
+        received = msg.content["arrays"]
+        model.set_arrays(received)
+        x = _numpy(received)
         seed = zlib.crc32(f"{scenario.scenario.seed}:{server_round}:{inst.name}".encode())
-        stats = local_train(model, features(scenario, rt, model, inst, "train"),
-                            labels_of(inst, "train"), scenario.train, seed, rt.device)
-        metrics = MetricRecord({
-            "num-examples": stats.examples, "institution-id": index,
+        malicious = inst.name in scenario.faults.attackers()
+        labels = labels_of(inst, "train")
+        if malicious and scenario.faults.behaviour == "label_flip":
+            labels = flip_labels(labels, len(fed.labels))
+        scaffold = CONTROL_KEY in msg.content
+        correction = None
+        if scaffold:
+            c = _numpy(msg.content[CONTROL_KEY])
+            c_i = _numpy(context.state[STATE_KEY]) if STATE_KEY in context.state else \
+                {k: np.zeros_like(v) for k, v in c.items()}
+            correction = {k: torch.from_numpy(c[k] - c_i[k]) for k in c}
+        stats = local_train(model, features(scenario, rt, model, inst, "train"), labels,
+                            scenario.train, seed, rt.device,
+                            prox_mu=float(config.get("proximal-mu", 0.0)),
+                            correction=correction)
+        y = _numpy(model.get_arrays())
+        if malicious:
+            y = attack_update(x, y, scenario.faults, seed)
+        records = {}
+        if scaffold:  # exactly what the protocol needs: the two deltas
+            c_new = client_variate(c_i, c, x, y, stats.steps, scenario.train.lr)
+            context.state[STATE_KEY] = _record(c_new)
+            records["arrays"] = _record({k: y[k] - x[k] for k in x})
+            records[DELTA_C_KEY] = _record({k: c_new[k] - c_i[k] for k in x})
+        else:
+            records["arrays"] = _record(y)
+        records["metrics"] = MetricRecord({
+            "num-examples": stats.examples, "institution-id": fed.names().index(inst.name),
             "train-loss": stats.loss, "train-loss-first-epoch": stats.first_loss,
             "steps": stats.steps, "train-time-s": time.perf_counter() - t0,
         })
-        reply = RecordDict({"arrays": model.get_arrays(), "metrics": metrics})
-    return Message(reply, reply_to=msg)
+    return Message(RecordDict(records), reply_to=msg)
+
+
+def _numpy(rec: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: np.array(v.numpy(), dtype=np.float32, copy=True) for k, v in rec.items()}
+
+
+def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v, dtype=np.float32))
+                        for k, v in arrays.items()})
 
 
 @app.evaluate()

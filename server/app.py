@@ -97,16 +97,20 @@ def run(grid: Grid, s: config.Scenario, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(config.to_toml(s))
 
+    t0 = time.time()
     roster = handshake(grid, s)
     labels = list(next(iter(roster.values()))["labels"])
+    t_handshake = time.time()
     _say(f"{len(roster)} institutions: " + ", ".join(
         f"{i['institution']} ({i['kind']}, {i['num-train']} train / {i['num-test']} test)"
         for i in roster.values()))
 
     initial = initial_arrays(s, len(labels))
+    startup = {"server_started_at": t0, "handshake_s": t_handshake - t0,
+               "initial_arrays_s": time.time() - t_handshake}
 
     ledger = RoundLedger(roster)
-    recorder = RunRecorder(s, run_dir, ledger, labels)
+    recorder = RunRecorder(s, run_dir, ledger, labels, startup)
     strategy = build_strategy(s, ledger, num_nodes=len(roster))
     strategy.on_round_start = recorder.on_round_start
     try:

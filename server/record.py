@@ -25,8 +25,10 @@ class TargetReached(Exception):
 
 
 class RunRecorder:
-    def __init__(self, s: Scenario, run_dir: Path, ledger: RoundLedger, labels: list[str]):
+    def __init__(self, s: Scenario, run_dir: Path, ledger: RoundLedger, labels: list[str],
+                 startup: dict | None = None):
         self.s, self.run_dir, self.ledger, self.labels = s, run_dir, ledger, labels
+        self.startup = dict(startup or {})
         self.t_start = time.perf_counter()
         self.t_round = self.t_start
         self.started_at = time.time()
@@ -76,6 +78,7 @@ class RunRecorder:
         train = self.ledger.train.get(server_round, {})
         evals = self.ledger.evaluate.get(server_round, {})
         kinds = {i["institution"]: i["kind"] for i in self.ledger.roster.values()}
+        attackers = self.s.faults.attackers()
         insts = {}
         for name in sorted(set(train) | set(evals), key=list(kinds).index):
             e, t = evals.get(name, {}), train.get(name, {})
@@ -85,6 +88,7 @@ class RunRecorder:
                 "loss": e.get("loss"), "test_examples": e.get("num-examples"),
                 "train_loss": t.get("train-loss"), "train_examples": t.get("num-examples"),
                 "train_time_s": t.get("train-time-s"),
+                "malicious": self.s.faults.behaviour if name in attackers else None,
             }
         if evals:
             g = aggregate_evaluate_metrics(
@@ -151,6 +155,7 @@ class RunRecorder:
             "started_at": self.started_at,
             "first_round_started_at": self.first_round_started_at,
             "before_first_round_s": before,
+            "startup": self.startup,
             "first_round_s": self.rows[0]["wall_time_s"],
             "bytes": {"up": sum(r["bytes_up"] for r in self.rows),
                       "down": sum(r["bytes_down"] for r in self.rows),
@@ -158,6 +163,8 @@ class RunRecorder:
             "model": {"backbone": self.s.model.backbone, "scope": self.s.model.scope,
                       "shared_parameters": int(sum(v.numpy().size for v in arrays.values()))},
             "labels": self.labels,
+            "strategy": {"name": self.s.strategy.name},
+            "malicious": {n: self.s.faults.behaviour for n in sorted(self.s.faults.attackers())},
         }
         results.write_json(self.run_dir / "summary.json", summary)
         if self.s.output.plot:

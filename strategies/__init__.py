@@ -14,11 +14,12 @@ from collections.abc import Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp import strategy as fl
 
 from fedsilo.config import Scenario
 from fedsilo.metrics import confusion_from_flat, scores_from_confusion
 from fedsilo.models import arrays_nbytes
+from strategies.scaffold import Scaffold
 
 # How clients/app.py words a failure; Ray wraps it in a traceback on its way to the server.
 _OWN_FAILURE = re.compile(r"institution '[^'\n]+' \([a-z]+\) failed in [^\n]*")
@@ -108,11 +109,10 @@ class Tracked:
     ledger: RoundLedger
     on_round_start = None  # optional callback(server_round, stage, num_nodes)
 
-    def _sent(self, server_round: int, stage: str, msgs: Iterable[Message],
-              arrays: ArrayRecord) -> list[Message]:
+    def _sent(self, server_round: int, stage: str, msgs: Iterable[Message]) -> list[Message]:
         msgs = list(msgs)
         self.ledger.sent[(server_round, stage)] = [m.metadata.dst_node_id for m in msgs]
-        down = arrays_nbytes(arrays) * len(msgs)
+        down = sum(arrays_nbytes(a) for m in msgs for a in m.content.array_records.values())
         self.ledger.bytes_down[server_round] = self.ledger.bytes_down.get(server_round, 0) + down
         if self.on_round_start is not None:
             self.on_round_start(server_round, stage, len(msgs))
@@ -132,12 +132,12 @@ class Tracked:
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         msgs = super().configure_train(server_round, arrays, config, grid)
-        return self._sent(server_round, "training", msgs, arrays)
+        return self._sent(server_round, "training", msgs)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         msgs = super().configure_evaluate(server_round, arrays, config, grid)
-        return self._sent(server_round, "evaluation", msgs, arrays)
+        return self._sent(server_round, "evaluation", msgs)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         return self._aggregate(server_round, "training", replies, super().aggregate_train)
@@ -147,11 +147,37 @@ class Tracked:
                                super().aggregate_evaluate)
 
 
-class TrackedFedAvg(Tracked, FedAvg):
-    """FedAvg weighted by each institution's number of training examples."""
+def _tracked(cls: type) -> type:
+    return type(f"Tracked{cls.__name__}", (Tracked, cls), {"__doc__": cls.__doc__})
 
 
-STRATEGIES = {"fedavg": TrackedFedAvg}
+STRATEGIES: dict[str, type] = {
+    "fedavg": _tracked(fl.FedAvg), "fedprox": _tracked(fl.FedProx),
+    "fedavgm": _tracked(fl.FedAvgM), "fedadam": _tracked(fl.FedAdam),
+    "fedyogi": _tracked(fl.FedYogi), "fedadagrad": _tracked(fl.FedAdagrad),
+    "fedmedian": _tracked(fl.FedMedian), "fedtrimmedavg": _tracked(fl.FedTrimmedAvg),
+    "krum": _tracked(fl.Krum), "multikrum": _tracked(fl.MultiKrum),
+    "scaffold": _tracked(Scaffold),
+}
+
+
+def strategy_params(s: Scenario) -> dict:
+    """The strategy-specific constructor arguments from ``strategy.*``."""
+    st = s.strategy
+    adaptive = {"eta": st.eta, "eta_l": s.train.lr, "tau": st.tau}
+    return {
+        "fedprox": {"proximal_mu": st.proximal_mu},
+        "fedavgm": {"server_learning_rate": st.server_lr,
+                    "server_momentum": st.server_momentum},
+        "fedadam": {**adaptive, "beta_1": st.beta_1, "beta_2": st.beta_2},
+        "fedyogi": {**adaptive, "beta_1": st.beta_1, "beta_2": st.beta_2},
+        "fedadagrad": adaptive,
+        "fedtrimmedavg": {"beta": st.trim_beta},
+        "krum": {"num_malicious_nodes": st.num_malicious},
+        "multikrum": {"num_malicious_nodes": st.num_malicious,
+                      "num_nodes_to_select": st.krum_select},
+        "scaffold": {"server_lr": st.server_lr},
+    }.get(st.name, {})
 
 
 def build_strategy(s: Scenario, ledger: RoundLedger, num_nodes: int) -> Tracked:
@@ -162,6 +188,6 @@ def build_strategy(s: Scenario, ledger: RoundLedger, num_nodes: int) -> Tracked:
         fraction_train=st.fraction_train, fraction_evaluate=st.fraction_evaluate,
         min_train_nodes=min_train, min_evaluate_nodes=min(min_train, num_nodes),
         min_available_nodes=num_nodes, weighted_by_key="num-examples",
-        evaluate_metrics_aggr_fn=aggregate_evaluate_metrics)
+        evaluate_metrics_aggr_fn=aggregate_evaluate_metrics, **strategy_params(s))
     strategy.ledger = ledger
     return strategy

@@ -3,6 +3,11 @@
     fedsilo run [CONFIG] [--set key=value ...]     run a scenario (default: bank_hospital)
     fedsilo data [CONFIG] [--set key=value ...]    print the partition table, no training
     fedsilo config [CONFIG] [--set key=value ...]  print the resolved scenario as TOML
+    fedsilo baseline [CONFIG] --mode local-only|centralized [--set ...]
+                                                   the reference points, same data and budget
+    fedsilo compare RUN_DIR... [--png FILE]        runs side by side, per institution
+    fedsilo sweep [CONFIG|SWEEP_FILE] [--grid key=v1,v2 ...] [--set ...]
+                                                   the cross product, one run after another
     fedsilo keys                                   list every config key with its default
 
 Exit codes: 0 success, 1 a run that failed, 2 bad input (config, data, arguments),
@@ -33,6 +38,18 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a scenario on Flower's simulation runtime")
     _scenario_args(run)
     run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    base = sub.add_parser("baseline", help="train local-only or centralized on the "
+                          "scenario's data with the same budget")
+    _scenario_args(base)
+    base.add_argument("--mode", required=True, choices=("local-only", "centralized"))
+    cmp_ = sub.add_parser("compare", help="compare finished runs per institution")
+    cmp_.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    cmp_.add_argument("--png", type=Path, help="also write a bar chart here")
+    sweep = sub.add_parser("sweep", help="run the cross product of a grid of values")
+    _scenario_args(sweep)
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                       help="one axis of the grid, e.g. --grid data.alpha=0.1,1,100")
+    sweep.add_argument("--verbose", action="store_true")
     _scenario_args(sub.add_parser("data", help="print examples per label per institution"))
     _scenario_args(sub.add_parser("config", help="print the resolved scenario"))
     keys = sub.add_parser("keys", help="list every config key with its default")
@@ -58,6 +75,37 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"down {sm['bytes']['down']:,}")
     print(f"results: {_rel(outcome.run_dir)}/ (summary.json, metrics.jsonl, accuracy.png, "
           f"head.npz, checkpoint/)")
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    import json
+
+    from fedsilo.baselines import run_baseline
+    from fedsilo.results import final_table
+
+    s = config.load(args.config, args.overrides)
+    run_dir = run_baseline(s, args.mode)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    print("\n" + final_table(summary))
+    print(f"results: {_rel(run_dir)}/")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fedsilo.results.compare import compare
+
+    print(compare(args.runs, args.png))
+    if args.png:
+        print(f"plot: {args.png}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from fedsilo.sweep import run_sweep
+
+    sweep_dir = run_sweep(args.config, args.grid, args.overrides, verbose=args.verbose)
+    print(f"sweep: {_rel(sweep_dir)}/ (sweep.md, sweep.json, sweep.png, one run each)")
     return 0
 
 
@@ -101,7 +149,8 @@ def _rel(p: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    handler = {"run": cmd_run, "data": cmd_data, "config": cmd_config, "keys": cmd_keys}
+    handler = {"run": cmd_run, "data": cmd_data, "config": cmd_config, "keys": cmd_keys,
+               "baseline": cmd_baseline, "compare": cmd_compare, "sweep": cmd_sweep}
     try:
         return handler[args.command](args)
     except ConfigError as exc:

@@ -106,7 +106,22 @@ class TrainSection:
 
 @dataclass(frozen=True)
 class StrategySection:
-    name: str = _opt("fedavg", "aggregation strategy", choices=("fedavg",))
+    name: str = _opt("fedavg", "aggregation strategy (README: Strategies)",
+                     choices=("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi",
+                              "fedadagrad", "fedmedian", "fedtrimmedavg", "krum",
+                              "multikrum", "scaffold"))
+    proximal_mu: float = _opt(0.01, "FedProx: weight mu of mu/2 * ||w - w_global||^2", low=0)
+    server_lr: float = _opt(1.0, "FedAvgM and SCAFFOLD: server learning rate", low=0,
+                            low_open=True)
+    server_momentum: float = _opt(0.9, "FedAvgM: server momentum", low=0, high=1)
+    eta: float = _opt(0.01, "FedAdam/FedYogi/FedAdagrad: server learning rate", low=0,
+                      low_open=True)
+    tau: float = _opt(0.001, "FedAdam/FedYogi/FedAdagrad: adaptivity", low=0, low_open=True)
+    beta_1: float = _opt(0.9, "FedAdam/FedYogi: first-moment decay", low=0, high=1)
+    beta_2: float = _opt(0.99, "FedAdam/FedYogi: second-moment decay", low=0, high=1)
+    trim_beta: float = _opt(0.2, "FedTrimmedAvg: share cut from each end", low=0, high=0.49)
+    num_malicious: int = _opt(1, "Krum/MultiKrum: malicious institutions assumed", low=0)
+    krum_select: int = _opt(3, "MultiKrum: updates kept and averaged", low=1)
     fraction_train: float = _opt(1.0, "share of institutions sampled for training per round",
                                  low=0, high=1, low_open=True)
     fraction_evaluate: float = _opt(1.0, "share of institutions sampled for evaluation",
@@ -140,9 +155,17 @@ class FaultsSection:
     crash: str = _opt("", "comma-separated institutions whose client raises in training "
                       "(fault injection)")
     crash_from_round: int = _opt(1, "first round in which those clients raise", low=1)
+    malicious: str = _opt("", "comma-separated institutions that attack with 'behaviour'")
+    behaviour: str = _opt("scale", "what malicious institutions do",
+                          choices=("label_flip", "sign_flip", "scale", "noise"))
+    scale: float = _opt(100.0, "factor on the update for behaviour 'scale'")
+    noise_std: float = _opt(1.0, "std of the update for behaviour 'noise'", low=0)
 
     def crashing(self) -> set[str]:
         return {n.strip() for n in self.crash.split(",") if n.strip()}
+
+    def attackers(self) -> set[str]:
+        return {n.strip() for n in self.malicious.split(",") if n.strip()}
 
 
 @dataclass(frozen=True)
@@ -262,6 +285,9 @@ def _check_whole(s: Scenario) -> None:
         if s.federation.banks + s.federation.hospitals < 1:
             raise ConfigError("config: 'federation.banks' + 'federation.hospitals' must be "
                               "at least 1")
+    if s.strategy.name == "scaffold" and s.train.optimizer != "sgd":
+        raise ConfigError("config: 'strategy.name' = 'scaffold' needs 'train.optimizer' = "
+                          "'sgd' (its control variates assume plain SGD steps)")
     if not s.scenario.name.strip() or any(c in s.scenario.name for c in "/\\ "):
         raise ConfigError(f"config: 'scenario.name' must be a non-empty name without "
                           f"spaces or slashes, got {s.scenario.name!r}")

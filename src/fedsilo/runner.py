@@ -48,10 +48,12 @@ def preflight(s: Scenario):
     fed = build_federation(s)
     ref = bb.resolve(s.model.backbone, str(cache))
     device = resolve_device(s.simulation.device)
-    missing = s.faults.crashing() - set(fed.names())
-    if missing:
-        raise ConfigError(f"config: 'faults.crash' names unknown institutions: "
-                          f"{', '.join(sorted(missing))}")
+    for key, names in (("faults.crash", s.faults.crashing()),
+                       ("faults.malicious", s.faults.attackers())):
+        missing = names - set(fed.names())
+        if missing:
+            raise ConfigError(f"config: '{key}' names unknown institutions: "
+                              f"{', '.join(sorted(missing))}")
     return fed, ref, device
 
 
@@ -153,6 +155,7 @@ def simulate(s: Scenario, verbose: bool = False) -> RunOutcome:
     """Run scenario ``s`` to the end; raise ConfigError, RunFailed or KeyboardInterrupt."""
     t0 = time.time()
     fed, _ref, device = preflight(s)
+    t_preflight = time.time()
     cache_dir = Path(s.simulation.cache_dir).resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)
     run_dir = results.new_run_dir(s).resolve()
@@ -195,6 +198,10 @@ def simulate(s: Scenario, verbose: bool = False) -> RunOutcome:
         summary["command_wall_time_s"] = time.time() - t0
         if summary.get("first_round_started_at"):
             summary["startup_s"] = summary["first_round_started_at"] - t0
+            st = summary.setdefault("startup", {})
+            st["preflight_s"] = t_preflight - t0
+            if "server_started_at" in st:  # Ray and the simulation runtime starting
+                st["runtime_start_s"] = st["server_started_at"] - t_preflight
         results.write_json(run_dir / "summary.json", summary)
     except BaseException as exc:  # noqa: BLE001 - everything is reported, then re-raised
         failed = exc

@@ -32,11 +32,20 @@ class EvalStats:
 
 
 def local_train(model: ScopedModel, source: FeatureSource, labels: np.ndarray,
-                t: TrainSection, seed: int, device: torch.device) -> TrainStats:
-    """Train ``model``'s trainable scope in place for ``t.local_epochs`` local passes."""
+                t: TrainSection, seed: int, device: torch.device, prox_mu: float = 0.0,
+                correction: dict[str, torch.Tensor] | None = None) -> TrainStats:
+    """Train ``model``'s trainable scope in place for ``t.local_epochs`` local passes.
+
+    ``prox_mu`` > 0 adds FedProx's proximal term mu/2 * ||w - w_global||^2, with w_global
+    the weights at the start of the call. ``correction`` (SCAFFOLD's c - c_i, by parameter
+    name) is added to every gradient before the step.
+    """
     model.to(device)
     model.train_mode()
-    params = list(model.trainable().values())
+    named = model.trainable()
+    params = list(named.values())
+    anchor = [p.detach().clone() for p in params] if prox_mu > 0 else None
+    corr = [correction[n].to(device) for n in named] if correction is not None else None
     if t.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay)
     else:
@@ -52,8 +61,15 @@ def local_train(model: ScopedModel, source: FeatureSource, labels: np.ndarray,
             idx = perm[start:start + t.batch_size]
             y = y_all[torch.as_tensor(idx)].to(device)
             loss = nn.functional.cross_entropy(model.logits(source.rows(idx)), y)
+            objective = loss
+            if anchor is not None:
+                objective = loss + prox_mu / 2 * sum(
+                    ((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            objective.backward()
+            if corr is not None:
+                for p, c in zip(params, corr, strict=True):
+                    p.grad.add_(c)
             opt.step()
             total += float(loss.detach()) * len(idx)
             count += len(idx)

@@ -1,0 +1,94 @@
+"""Put finished runs side by side: per institution and overall, with the worst institution
+and the spread across institutions, so a bank can read what it gains by joining."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fedsilo.config import ConfigError
+from fedsilo.results import format_table
+
+
+def load_summary(run_dir: Path) -> dict:
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        raise ConfigError(f"compare: '{run_dir}' is not a finished run directory "
+                          f"(no summary.json)")
+    return json.loads(path.read_text())
+
+
+def label_of(run_dir: Path, summary: dict) -> str:
+    mode = summary.get("mode") or summary.get("strategy", {}).get("name", "federated")
+    return f"{mode} ({Path(run_dir).name})"
+
+
+def comparison(run_dirs: list[Path]) -> tuple[list[str], list[list], dict]:
+    """(header, rows, data) of the comparison table."""
+    summaries = [load_summary(d) for d in run_dirs]
+    labels = [label_of(d, s) for d, s in zip(run_dirs, summaries, strict=True)]
+    names: list[str] = []
+    for s in summaries:
+        names += [n for n in s["final"]["institutions"] if n not in names]
+    header = ["institution", "kind"]
+    for i in range(len(summaries)):
+        header += [f"acc [{i + 1}]", f"F1 [{i + 1}]"]
+    rows, data = [], {"runs": labels, "institutions": {}}
+    for n in names:
+        row = [n, None]
+        for s in summaries:
+            inst = s["final"]["institutions"].get(n, {})
+            row[1] = row[1] or inst.get("kind", "-")
+            row += [inst.get("accuracy", float("nan")), inst.get("macro_f1", float("nan"))]
+        rows.append(row)
+        data["institutions"][n] = row[2:]
+    overall = ["ALL (federation-wide test)", "-"]
+    worst = ["worst institution", "-"]
+    spread = ["spread (best - worst)", "-"]
+    for s in summaries:
+        accs = [v["accuracy"] for v in s["final"]["institutions"].values()]
+        overall += [s["final"]["global"]["accuracy"], s["final"]["global"]["macro_f1"]]
+        worst += [min(accs), None]
+        spread += [max(accs) - min(accs), None]
+    rows += [overall, worst, spread]
+    data.update({"overall": overall[2:], "worst": worst[2::2], "spread": spread[2::2]})
+    return header, [[("-" if c is None else c) for c in r] for r in rows], data
+
+
+def compare(run_dirs: list[Path], out_png: Path | None = None) -> str:
+    header, rows, data = comparison(run_dirs)
+    legend = "\n".join(f"[{i + 1}] {lab}" for i, lab in enumerate(data["runs"]))
+    text = (legend + "\n\n" + format_table(rows, header) + "\n\nAccuracy and macro-F1 of "
+            "each institution on its own test split. Local-only runs: each institution's "
+            "own model; their ALL row is the mean of those models on the federation-wide "
+            "test set.")
+    if out_png is not None:
+        plot(data, out_png)
+    return text
+
+
+def plot(data: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(data["institutions"]) + ["ALL"]
+    runs = data["runs"]
+    width = 0.8 / len(runs)
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4.2))
+    x = np.arange(len(names))
+    for j, run in enumerate(runs):
+        ys = [data["institutions"][n][2 * j] for n in names[:-1]] + [data["overall"][2 * j]]
+        ax.bar(x + (j - (len(runs) - 1) / 2) * width, ys, width, label=run)
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,168 @@
+"""Sweeps: the cross product of a grid of config values, run one after another.
+
+A sweep is given on the command line (``--grid key=v1,v2``) or as a sweep file::
+
+    base = "../bank_hospital.toml"        # a scenario file, relative to this file
+    [set]                                 # overrides applied to every run
+    "data.partition" = "dirichlet"
+    [grid]                                # the cross product of these
+    "data.alpha" = [0.1, 0.5, 1.0, 100.0]
+    "strategy.name" = ["fedavg", "fedprox", "scaffold", "fedadam"]
+
+Every run goes into ``<output.dir>/sweep-<name>-<timestamp>/``, which also gets
+``sweep.json`` (one row per run), ``sweep.md`` (the table) and ``sweep.png``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from fedsilo import config, results
+from fedsilo.config import ConfigError
+
+
+def parse_grid(items: list[str]) -> dict[str, list[Any]]:
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--grid '{item}': expected key=v1,v2,...")
+        key, raw = item.split("=", 1)
+        grid[key.strip()] = [config.parse_override(f"{key}={v}")[1] for v in raw.split(",")]
+    return grid
+
+
+def read_sweep_file(path: Path) -> tuple[str | None, dict[str, Any], dict[str, list[Any]]]:
+    """(base scenario file, fixed overrides, grid) of a sweep file."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"sweep file '{path}' is not valid TOML: {exc}") from None
+    unknown = set(raw) - {"base", "set", "grid"}
+    if unknown:
+        raise ConfigError(f"sweep file '{path}': unknown key '{sorted(unknown)[0]}' (use "
+                          f"base, [set], [grid])")
+    base = str((path.parent / raw["base"]).resolve()) if "base" in raw else None
+    grid = raw.get("grid", {})
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"sweep file '{path}': grid '{key}' must be a non-empty list")
+    return base, dict(raw.get("set", {})), grid
+
+
+def is_sweep_file(path: str | None) -> bool:
+    if not path or not Path(path).is_file():
+        return False
+    try:
+        return "grid" in tomllib.loads(Path(path).read_text())
+    except tomllib.TOMLDecodeError:
+        return False
+
+
+def plan(path: str | None, grid_args: list[str], overrides: list[str]):
+    """The base scenario and the list of flat overrides, one per run (all validated)."""
+    fixed: dict[str, Any] = {}
+    grid: dict[str, list[Any]] = {}
+    base = path
+    if is_sweep_file(path):
+        base, fixed, grid = read_sweep_file(Path(path))
+    grid.update(parse_grid(grid_args))
+    if not grid:
+        raise ConfigError("sweep: nothing to sweep (give --grid key=v1,v2 or a sweep file "
+                          "with a [grid] table)")
+    scenario = config.load(base, overrides)
+    flat = {**scenario.flat(), **fixed}
+    combos = [dict(zip(grid, values, strict=True))
+              for values in itertools.product(*grid.values())]
+    for combo in combos:  # validate every run before the first starts
+        config.from_flat({**flat, **combo})
+    return config.from_flat(flat), combos
+
+
+def run_sweep(path: str | None, grid_args: list[str], overrides: list[str],
+              verbose: bool = False) -> Path:
+    from fedsilo.runner import RunFailed, simulate
+
+    base, combos = plan(path, grid_args, overrides)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    sweep_dir = Path(base.output.dir) / f"sweep-{base.scenario.name}-{stamp}"
+    sweep_dir.mkdir(parents=True)
+    rows = []
+    for i, combo in enumerate(combos, start=1):
+        name = "_".join(f"{k.split('.')[-1]}={v}" for k, v in combo.items())
+        print(f"\nsweep run {i}/{len(combos)}: {name}", flush=True)
+        s = base.replace(**combo, **{"output.dir": str(sweep_dir),
+                                     "scenario.name": f"{base.scenario.name}"})
+        row: dict[str, Any] = {**combo}
+        try:
+            outcome = simulate(s, verbose=verbose)
+            sm = outcome.summary
+            accs = [v["accuracy"] for v in sm["final"]["institutions"].values()]
+            row.update(run=outcome.run_dir.name, accuracy=sm["final"]["global"]["accuracy"],
+                       macro_f1=sm["final"]["global"]["macro_f1"], worst_accuracy=min(accs))
+        except RunFailed as exc:
+            row.update(run=None, error=str(exc))
+            print(f"sweep run {i} failed: {exc}", flush=True)
+        rows.append(row)
+        results.write_json(sweep_dir / "sweep.json", {"grid": combos, "rows": rows})
+    table = sweep_table(rows)
+    (sweep_dir / "sweep.md").write_text(table + "\n")
+    print("\n" + table)
+    plot_sweep(rows, sweep_dir / "sweep.png")
+    return sweep_dir
+
+
+def sweep_table(rows: list[dict]) -> str:
+    keys = [k for k in rows[0] if k not in ("run", "accuracy", "macro_f1", "worst_accuracy",
+                                            "error")]
+    body = [[r[k] for k in keys] + [r.get("macro_f1", "failed"), r.get("worst_accuracy", "-"),
+                                    r.get("accuracy", "-")] for r in rows]
+    return results.format_table(body, keys + ["final macro-F1", "worst inst acc",
+                                               "final acc"])
+
+
+def plot_sweep(rows: list[dict], path: Path) -> Path | None:
+    """Final macro-F1 against the first grid key, one line per value of the others."""
+    keys = [k for k in rows[0] if k not in ("run", "accuracy", "macro_f1", "worst_accuracy",
+                                            "error")]
+    if not keys:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_key, rest = keys[0], keys[1:]
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(", ".join(f"{k}={r[k]}" for k in rest) or "runs", []).append(r)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    xs = list(dict.fromkeys(r[x_key] for r in rows))
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xs)
+    for label, rs in groups.items():
+        pts = [(r[x_key], r.get("macro_f1")) for r in rs if r.get("macro_f1") is not None]
+        if not pts:
+            continue
+        px = [p[0] if numeric else xs.index(p[0]) for p in pts]
+        ax.plot(px, [p[1] for p in pts], marker="o", label=label)
+    if numeric and min(xs) > 0 and max(xs) / min(xs) > 50:
+        ax.set_xscale("log")
+    if not numeric:
+        ax.set_xticks(range(len(xs)), [str(v) for v in xs])
+    ax.set_xlabel(x_key)
+    ax.set_ylabel("final global macro-F1")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def load_rows(sweep_dir: Path) -> list[dict]:
+    return json.loads((sweep_dir / "sweep.json").read_text())["rows"]
