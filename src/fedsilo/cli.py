@@ -104,8 +104,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from fedsilo.sweep import run_sweep
 
+    from fedsilo.sweep import load_rows
+
     sweep_dir = run_sweep(args.config, args.grid, args.overrides, verbose=args.verbose)
     print(f"sweep: {_rel(sweep_dir)}/ (sweep.md, sweep.json, sweep.png, one run each)")
+    failed = [r for r in load_rows(sweep_dir) if r.get("error")]
+    if failed:
+        print(f"fedsilo: {len(failed)} of the sweep's runs failed (see sweep.json)",
+              file=sys.stderr)
+        return 1
     return 0
 
 

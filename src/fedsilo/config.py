@@ -30,7 +30,7 @@ def _opt(default: Any, help: str, choices: tuple | None = None, low: float | Non
 class ScenarioSection:
     name: str = _opt("bank_hospital", "name of the scenario; prefix of the run directory")
     seed: int = _opt(42, "seed for data generation, partitioning, head init and training")
-    rounds: int = _opt(12, "number of federated rounds (at most, with target_accuracy)",
+    rounds: int = _opt(20, "number of federated rounds (at most, with target_accuracy)",
                        low=1)
     target_accuracy: float = _opt(0.0, "stop after the first round whose global accuracy "
                                   "reaches this (0 = run every round)", low=0, high=1)

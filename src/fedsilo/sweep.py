@@ -95,8 +95,7 @@ def run_sweep(path: str | None, grid_args: list[str], overrides: list[str],
     for i, combo in enumerate(combos, start=1):
         name = "_".join(f"{k.split('.')[-1]}={v}" for k, v in combo.items())
         print(f"\nsweep run {i}/{len(combos)}: {name}", flush=True)
-        s = base.replace(**combo, **{"output.dir": str(sweep_dir),
-                                     "scenario.name": f"{base.scenario.name}"})
+        s = base.replace(**{**combo, "output.dir": str(sweep_dir)})
         row: dict[str, Any] = {**combo}
         try:
             outcome = simulate(s, verbose=verbose)
