@@ -7,14 +7,16 @@ import copy
 import time
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedsilo import config, results
+from fedsilo.models import Head
 from fedsilo.models import backbone as bb
 from fedsilo.models.scoped import ScopedModel
 from server.record import RunRecorder, TargetReached, _say
-from strategies import ClientFailure, RoundLedger, build_strategy
+from strategies import ClientFailure, RoundLedger, build_strategy, short_reason
 
 app = ServerApp()
 
@@ -45,7 +47,7 @@ def handshake(grid: Grid, s: config.Scenario, wait_s: float = 60.0) -> dict[int,
         node = reply.metadata.src_node_id
         answered.add(node)
         if reply.has_error():
-            problems.append(f"node {node} could not start: {reply.error.reason}")
+            problems.append(f"node {node} could not start: {short_reason(reply.error.reason)}")
         else:
             roster[node] = dict(reply.content["info"])
     problems += [f"node {n} did not answer the handshake"
@@ -65,10 +67,16 @@ def initial_arrays(s: config.Scenario, num_labels: int) -> ArrayRecord:
     """The shared part at round 0: pretrained weights where they train, a seeded head (and
     seeded LoRA adapters)."""
     ref = bb.resolve(s.model.backbone, str(Path(s.simulation.cache_dir).resolve()))
+    if s.model.scope == "head":  # the backbone stays frozen: its weights are not needed
+        with torch.random.fork_rng():
+            torch.manual_seed(s.scenario.seed)  # as ScopedModel seeds its head
+            head = Head(ref.hidden_size, num_labels, s.model.head_hidden, s.model.dropout)
+        return ArrayRecord({f"head.{k}": Array(v.detach().numpy().copy())
+                            for k, v in head.state_dict().items()})
     tokenizer, backbone = bb.load(ref.location)
-    if s.model.scope != "head":  # the scope unfreezes or wraps weights: work on a copy
-        backbone = copy.deepcopy(backbone)
-    model = ScopedModel(backbone, tokenizer, s.model, num_labels, seed=s.scenario.seed)
+    # the scope unfreezes or wraps weights: work on a copy of the process's frozen backbone
+    model = ScopedModel(copy.deepcopy(backbone), tokenizer, s.model, num_labels,
+                        seed=s.scenario.seed)
     arrays = model.get_arrays()
     del model
     return arrays
@@ -80,16 +88,10 @@ def main(grid: Grid, context: Context) -> None:
     if s.output.run_dir:  # `fedsilo run` made it, and finalises it after checking the outcome
         run(grid, s, Path(s.output.run_dir))
         return
-    run_dir = results.new_run_dir(s).resolve()  # `flwr run`: this app owns the directory
-    try:
-        run(grid, s, run_dir)
-    except BaseException as exc:
-        (run_dir / "error.txt").write_text(f"{type(exc).__name__}: {exc}\n")
-        run_dir.rename(results.final_name(run_dir, failed=True))
-        raise
-    final = results.final_name(run_dir, failed=False)
-    run_dir.rename(final)
-    _say(f"results: {final}")
+    # `flwr run`: this app owns the directory and finalises it
+    with results.RunDirectory(results.new_run_dir(s).resolve()) as rd:
+        run(grid, s, rd.path)
+    _say(f"results: {rd.final}")
 
 
 def run(grid: Grid, s: config.Scenario, run_dir: Path) -> None:

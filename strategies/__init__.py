@@ -25,6 +25,15 @@ from strategies.scaffold import Scaffold
 _OWN_FAILURE = re.compile(r"institution '[^'\n]+' \([a-z]+\) failed in [^\n]*")
 
 
+def short_reason(reason: str) -> str:
+    """The line of a client error that says what went wrong, without Ray's traceback."""
+    ours = _OWN_FAILURE.findall(reason)
+    if ours:  # clients/app.py's own wording names the institution and the stage
+        return ours[-1].rstrip("'>").strip()
+    lines = [ln.strip() for ln in reason.replace("\\n", "\n").splitlines() if ln.strip()]
+    return (lines[-1] if lines else reason).rstrip("'>").strip()
+
+
 class ClientFailure(RuntimeError):
     """One or more institutions failed in a round; the message names them and why."""
 
@@ -76,10 +85,9 @@ class RoundLedger:
         for msg in replies:
             replied.add(msg.metadata.src_node_id)
             if msg.has_error():
-                reason = msg.error.reason
-                ours = _OWN_FAILURE.findall(reason)
-                if ours:  # our own wrapped message (last line of Ray's traceback) says it all
-                    problems.append(ours[-1].rstrip("'>").strip())
+                reason = short_reason(msg.error.reason)
+                if _OWN_FAILURE.match(reason):
+                    problems.append(reason)
                 else:
                     problems.append(f"institution '{self.name_of(msg.metadata.src_node_id)}'"
                                     f" failed in {stage} (round {server_round}): {reason}")

@@ -65,7 +65,7 @@ def run_baseline(s: Scenario, mode: str) -> Path:
     rt = runtime_for(s)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     run_dir = results.new_run_dir(s.replace(**{"scenario.name": f"{s.scenario.name}-{mode}"}))
-    try:
+    with results.RunDirectory(run_dir) as rd:
         from fedsilo.config import to_toml
 
         (run_dir / "config.toml").write_text(to_toml(s))
@@ -127,13 +127,7 @@ def run_baseline(s: Scenario, mode: str) -> Path:
         results.write_json(run_dir / "summary.json", summary)
         if s.output.plot:
             results.plot_accuracy(run_dir, rows)
-    except BaseException as exc:
-        (run_dir / "error.txt").write_text(f"{type(exc).__name__}: {exc}\n")
-        run_dir.rename(results.final_name(run_dir, failed=True))
-        raise
-    final = results.final_name(run_dir, failed=False)
-    run_dir.rename(final)
-    return final
+    return rd.final
 
 
 def _row(r, mode, owners, weights, scores, union, losses) -> dict:

@@ -102,9 +102,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from fedsilo.sweep import run_sweep
-
-    from fedsilo.sweep import load_rows
+    from fedsilo.sweep import load_rows, run_sweep
 
     sweep_dir = run_sweep(args.config, args.grid, args.overrides, verbose=args.verbose)
     print(f"sweep: {_rel(sweep_dir)}/ (sweep.md, sweep.json, sweep.png, one run each)")

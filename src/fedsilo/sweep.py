@@ -138,7 +138,8 @@ def plot_sweep(rows: list[dict], path: Path) -> Path | None:
     x_key, rest = keys[0], keys[1:]
     groups: dict[str, list[dict]] = {}
     for r in rows:
-        groups.setdefault(", ".join(f"{k}={r[k]}" for k in rest) or "runs", []).append(r)
+        label = ", ".join(f"{k}={r[k] if r[k] != '' else '(none)'}" for k in rest)
+        groups.setdefault(label or "runs", []).append(r)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     xs = list(dict.fromkeys(r[x_key] for r in rows))
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xs)

@@ -19,7 +19,7 @@ def test_defaults_load():
     assert s == Scenario()
     assert s.scenario.name == "bank_hospital"
     assert s.scenario.seed == 42
-    assert s.scenario.rounds == 12
+    assert s.scenario.rounds == 20
     assert s.federation.banks == 3 and s.federation.hospitals == 2
     assert s.data.source == "synthetic"
     assert s.data.synthetic.size == 360

@@ -100,3 +100,17 @@ def test_mean_pooling_ignores_padding(tiny):
     alone = m.prefix(["short text"]).pooled
     padded = m.prefix(["short text", "a much longer text that forces padding of the first"])
     np.testing.assert_allclose(alone[0].numpy(), padded.pooled[0].numpy(), atol=1e-5)
+
+
+def test_server_initial_head_equals_the_scoped_models_head(tiny, cache_dir):
+    """The server skips loading the backbone for scope 'head'; the arrays must not change."""
+    from fedsilo import config
+    from server.app import initial_arrays
+
+    s = config.load("configs/smoke.toml", [f"simulation.cache_dir={cache_dir}"])
+    fast = initial_arrays(s, 8)
+    full = ScopedModel(copy.deepcopy(tiny[2]), tiny[1], s.model, 8, seed=s.scenario.seed)
+    ref = full.get_arrays()
+    assert sorted(fast.keys()) == sorted(ref.keys())
+    for k in ref.keys():
+        np.testing.assert_array_equal(fast[k].numpy(), ref[k].numpy())

@@ -98,3 +98,13 @@ def test_global_metrics_come_from_summed_confusion_matrices():
     assert g["macro-f1"] == pytest.approx(4 / 6)
     assert g["loss"] == pytest.approx((0.5 * 4 + 2.0 * 2) / 6)
     assert g["num-examples"] == 6
+
+
+def test_short_reason_drops_rays_traceback():
+    from strategies import short_reason
+
+    reason = ("<class 'ray.exceptions.RayTaskError'>:<'ray::ClientAppActor.run()\n"
+              "  File \"x.py\", line 3, in run\n    raise\n"
+              "fedsilo.config.ConfigError: node config: partition-id 5 is out of range'>")
+    assert short_reason(reason) == ("fedsilo.config.ConfigError: node config: partition-id 5 "
+                                    "is out of range")

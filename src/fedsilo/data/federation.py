@@ -11,7 +11,6 @@ import numpy as np
 
 from fedsilo.config import ConfigError, DataSection, FederationSection, Scenario
 from fedsilo.data import synthetic
-from fedsilo.data.loaders import check_columns, read_table
 from fedsilo.data.partition import split_indices, train_test_split
 
 
@@ -124,6 +123,8 @@ def _synthetic_pool(data: DataSection, fed: FederationSection, seed: int):
 
 
 def _file_pool(data: DataSection):
+    from fedsilo.data.loaders import check_columns, read_table  # pandas: only for files
+
     df = check_columns(read_table(data.source), data.source, data.text_column,
                        data.label_column)
     texts = df[data.text_column].tolist()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from datasets import Dataset
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
 
 from fedsilo.config import ConfigError
 
@@ -12,6 +10,9 @@ from fedsilo.config import ConfigError
 def split_indices(labels: list[int], num_institutions: int, how: str, alpha: float,
                   seed: int, min_size: int) -> list[np.ndarray]:
     """Row indices held by each institution under an ``iid`` or ``dirichlet`` split."""
+    from datasets import Dataset  # slow to import: only splits that need it pay
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
+
     ds = Dataset.from_dict({"row": list(range(len(labels))), "label": list(labels)})
     ds = ds.shuffle(seed=seed)  # IidPartitioner shards contiguously: row order must not leak
     partitioner: Partitioner

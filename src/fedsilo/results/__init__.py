@@ -48,6 +48,27 @@ def final_name(run_dir: Path, failed: bool) -> Path:
     return run_dir.with_name(stem + (FAILED if failed else ""))
 
 
+class RunDirectory:
+    """A run directory that is renamed when the work in it ends: to its final name when
+    the ``with`` block succeeds, to ``<name>.failed`` (with ``error.txt``) when it raises."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.final: Path | None = None
+
+    def __enter__(self) -> RunDirectory:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is not None:
+            (self.path / "error.txt").write_text(f"{exc_type.__name__}: {exc}\n")
+            self.path.rename(final_name(self.path, failed=True))
+            return False
+        self.final = final_name(self.path, failed=False)
+        self.path.rename(self.final)
+        return False
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically (a reader never sees half a file)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
