@@ -17,14 +17,15 @@ $(STAMP): pyproject.toml
 run: $(STAMP)          ## the default scenario (3 banks, 2 hospitals, offline MiniLM)
 	$(VENV)/bin/fedsilo run $(ARGS)
 
-test: $(STAMP)         ## the whole test suite, Ray simulations included
+test: $(STAMP)         ## lint, then the whole test suite, Ray simulations included
+	$(VENV)/bin/ruff check src server clients strategies tests benchmarks tools
 	$(VENV)/bin/python -m pytest -q $(ARGS)
 
 smoke: $(STAMP)        ## a tiny locally built BERT: seconds per round
 	$(VENV)/bin/fedsilo run configs/smoke.toml $(ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src server clients strategies tests benchmarks
+	$(VENV)/bin/ruff check src server clients strategies tests benchmarks tools
 
 docs: $(STAMP)         ## regenerate the README's config reference and pyproject's app config
 	$(VENV)/bin/python tools/sync_docs.py
