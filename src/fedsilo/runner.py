@@ -58,14 +58,17 @@ def preflight(s: Scenario):
 
 
 def scratch_env(cache_dir: Path) -> dict[str, str]:
-    """Keep Flower's, Hugging Face's and torch's scratch under the cache directory."""
+    """Keep Flower's, torch's and matplotlib's scratch under the cache directory.
+
+    Hugging Face's cache (HF_HOME) is left alone: a hub model is downloaded once into the
+    user's own cache and found there by every later run, online or not.
+    """
     env = {"FLWR_HOME": str(cache_dir / "flwr"),
            "TORCHINDUCTOR_CACHE_DIR": str(cache_dir / "torchinductor"),
+           "MPLCONFIGDIR": str(cache_dir / "matplotlib"),
            "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
            "RAY_USAGE_STATS_ENABLED": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
            "RAY_DEDUP_LOGS": "0", "TOKENIZERS_PARALLELISM": "false"}
-    if "HF_HOME" not in os.environ:
-        env["HF_HOME"] = str(cache_dir / "hf")
     return env
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -69,12 +70,36 @@ def _from_dir(path: Path) -> BackboneRef:
     return BackboneRef(str(path.resolve()), f"dir:{h.hexdigest()[:16]}", hidden)
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub's host answers at all (a TCP connect, no request)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _from_hub(hub_id: str) -> BackboneRef:
     from transformers import AutoConfig
 
     try:
-        cfg = AutoConfig.from_pretrained(hub_id)
-    except Exception as exc:  # offline, unknown id, bad revision: all one sentence
+        try:  # a model already in the local HF cache needs no hub
+            cfg = AutoConfig.from_pretrained(hub_id, local_files_only=True)
+        except OSError:
+            if not hub_reachable():
+                raise ConfigError(f"model.backbone: cannot load '{hub_id}': it is not a "
+                                  f"local directory, not in the Hugging Face cache, and the "
+                                  f"hub is unreachable from here") from None
+            cfg = AutoConfig.from_pretrained(hub_id)
+    except ConfigError:
+        raise
+    except Exception as exc:  # unknown id, bad revision, hub errors: all one sentence
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"model.backbone: cannot load '{hub_id}': it is not a local "
                           f"directory and the hub could not provide it ({reason[:160]})"

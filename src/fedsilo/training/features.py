@@ -61,11 +61,19 @@ class LiveFeatures:
 
 
 def compute_prefix(model, texts, batch_size: int = 64) -> dict[str, torch.Tensor]:
-    """Run ``model``'s frozen prefix over every text once (the cache's payload)."""
-    parts = [model.prefix(list(texts[s:s + batch_size]))
+    """Run ``model``'s frozen prefix over every text once (the cache's payload).
+
+    Texts go through in order of length, so a batch pads to similar lengths and little
+    compute is spent on padding; rows come back in the original order.
+    """
+    lengths = [len(ids) for ids in model.tokenizer(list(texts), truncation=True,
+                                                   max_length=model.max_length)["input_ids"]]
+    order = np.argsort(lengths, kind="stable")
+    back = torch.as_tensor(np.argsort(order))
+    parts = [model.prefix([texts[i] for i in order[s:s + batch_size]])
              for s in range(0, len(texts), batch_size)]
     if parts[0].pooled is not None:
-        return {"pooled": torch.cat([p.pooled for p in parts])}
+        return {"pooled": torch.cat([p.pooled for p in parts])[back]}
     width = max(p.mask.shape[1] for p in parts)
 
     def pad(t: torch.Tensor) -> torch.Tensor:
@@ -75,8 +83,8 @@ def compute_prefix(model, texts, batch_size: int = 64) -> dict[str, torch.Tensor
         shape = (t.shape[0], extra, *t.shape[2:])
         return torch.cat([t, torch.zeros(shape, dtype=t.dtype)], dim=1)
 
-    return {"hidden": torch.cat([pad(p.hidden) for p in parts]),
-            "mask": torch.cat([pad(p.mask) for p in parts])}
+    return {"hidden": torch.cat([pad(p.hidden) for p in parts])[back],
+            "mask": torch.cat([pad(p.mask) for p in parts])[back]}
 
 
 def cache_key(backbone_identity: str, max_length: int, pooling: str, scope: str,
