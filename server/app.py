@@ -4,6 +4,7 @@ strategy -> rounds (train, evaluate, record, checkpoint) -> summary."""
 from __future__ import annotations
 
 import copy
+import random
 import time
 from pathlib import Path
 
@@ -97,7 +98,9 @@ def main(grid: Grid, context: Context) -> None:
 def run(grid: Grid, s: config.Scenario, run_dir: Path) -> None:
     """All rounds of scenario ``s``, recorded in ``run_dir``."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(config.to_toml(s))
+    random.seed(s.scenario.seed)  # Flower samples institutions with the global `random`
+    # the scenario as a user re-runs it: without this run's directory
+    (run_dir / "config.toml").write_text(config.to_toml(s.replace(**{"output.run_dir": ""})))
 
     t0 = time.time()
     roster = handshake(grid, s)
@@ -115,6 +118,7 @@ def run(grid: Grid, s: config.Scenario, run_dir: Path) -> None:
     recorder = RunRecorder(s, run_dir, ledger, labels, startup)
     strategy = build_strategy(s, ledger, num_nodes=len(roster))
     strategy.on_round_start = recorder.on_round_start
+    recorder.strategy = strategy
     try:
         result = strategy.start(grid=grid, initial_arrays=initial,
                                 num_rounds=s.scenario.rounds,

@@ -13,7 +13,7 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
 from fedsilo import results
 from fedsilo.config import Scenario
-from strategies import RoundLedger, aggregate_evaluate_metrics
+from strategies import RoundLedger, aggregate_evaluate_metrics, strategy_state
 
 
 def _say(text: str) -> None:
@@ -36,6 +36,7 @@ class RunRecorder:
         self.first_round_started_at: float | None = None
         self.rows: list[dict] = []
         self.last_arrays: ArrayRecord | None = None
+        self.strategy = None  # set by the ServerApp, for its state in checkpoints
         self.stopped_early = False
         (run_dir / "metrics.jsonl").write_text("")
 
@@ -116,10 +117,11 @@ class RunRecorder:
         }
 
     def _checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
-        state = {"round": server_round, "rounds": self.s.scenario.rounds,
-                 "seed": self.s.scenario.seed, "strategy": self.s.strategy.name,
-                 "strategy_state": {}, "labels": self.labels}
-        results.write_checkpoint(self.run_dir, {k: v.numpy() for k, v in arrays.items()},
+        state = {"rounds": self.s.scenario.rounds, "seed": self.s.scenario.seed,
+                 "strategy": self.s.strategy.name, "labels": self.labels}
+        results.write_checkpoint(self.run_dir, server_round,
+                                 {k: v.numpy() for k, v in arrays.items()},
+                                 strategy_state(self.strategy) if self.strategy else {},
                                  state)
 
     def _progress(self, row: dict) -> None:

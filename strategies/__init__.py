@@ -12,7 +12,8 @@ import re
 import time
 from collections.abc import Iterable
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp import strategy as fl
 
@@ -116,6 +117,7 @@ class Tracked:
 
     ledger: RoundLedger
     on_round_start = None  # optional callback(server_round, stage, num_nodes)
+    _sent_dtypes: dict = {}
 
     def _sent(self, server_round: int, stage: str, msgs: Iterable[Message]) -> list[Message]:
         msgs = list(msgs)
@@ -134,11 +136,14 @@ class Tracked:
         replies = self.ledger.check(server_round, stage, list(replies))
         self.ledger.record(server_round, stage, replies)
         out = agg(server_round, replies)
+        if stage == "training" and out[0] is not None:
+            out = (_as_sent_dtype(out[0], self._sent_dtypes), out[1])
         timing[f"{stage}_aggregate_s"] = time.perf_counter() - t0
         return out
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        self._sent_dtypes = {k: v.numpy().dtype for k, v in arrays.items()}
         msgs = super().configure_train(server_round, arrays, config, grid)
         return self._sent(server_round, "training", msgs)
 
@@ -153,6 +158,30 @@ class Tracked:
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
         return self._aggregate(server_round, "evaluation", replies,
                                super().aggregate_evaluate)
+
+
+def _as_sent_dtype(arrays: ArrayRecord, dtypes: dict) -> ArrayRecord:
+    """Server optimisers (FedAdam's float64 step size) can widen the arrays; the global
+    model keeps the dtype it was sent with, so bytes and checkpoints stay comparable."""
+    if all(arrays[k].numpy().dtype == dtypes.get(k) for k in arrays.keys()):
+        return arrays
+    return ArrayRecord({k: Array(np.ascontiguousarray(v.numpy().astype(dtypes.get(
+        k, v.numpy().dtype)))) for k, v in arrays.items()})
+
+
+def strategy_state(strategy) -> dict[str, np.ndarray]:
+    """The server-side state a resume needs, as named arrays: FedAdam/FedYogi/FedAdagrad
+    moments, FedAvgM's momentum, SCAFFOLD's control variate (empty for stateless ones)."""
+    out: dict[str, np.ndarray] = {}
+    for attr in ("m_t", "v_t", "control"):
+        for k, v in (getattr(strategy, attr, None) or {}).items():
+            out[f"{attr}/{k}"] = np.asarray(v)
+    momentum = getattr(strategy, "momentum_vector", None)
+    current = getattr(strategy, "current_arrays", None)
+    if momentum is not None and current is not None:
+        for k, v in zip(current.keys(), momentum, strict=True):
+            out[f"momentum/{k}"] = np.asarray(v)
+    return out
 
 
 def _tracked(cls: type) -> type:

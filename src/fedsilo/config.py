@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,8 @@ def _opt(default: Any, help: str, choices: tuple | None = None, low: float | Non
 @dataclass(frozen=True)
 class ScenarioSection:
     name: str = _opt("bank_hospital", "name of the scenario; prefix of the run directory")
-    seed: int = _opt(42, "seed for data generation, partitioning, head init and training")
+    seed: int = _opt(42, "seed for data generation, partitioning, head init and training",
+                     low=0)
     rounds: int = _opt(20, "number of federated rounds (at most, with target_accuracy)",
                        low=1)
     target_accuracy: float = _opt(0.0, "stop after the first round whose global accuracy "
@@ -231,6 +233,8 @@ def _check_value(key: str, value: Any) -> Any:
     if want is not bool and isinstance(value, bool) or not isinstance(value, want):
         raise ConfigError(f"config: '{key}' must be {_type_name(want)}, got "
                           f"{type(value).__name__} {value!r}")
+    if want is float and not math.isfinite(value):
+        raise ConfigError(f"config: '{key}' must be a finite number, got {value!r}")
     meta = f.metadata
     if meta.get("choices") and value not in meta["choices"]:
         opts = ", ".join(repr(c) for c in meta["choices"])
@@ -302,7 +306,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     try:
         with p.open("rb") as fh:
             raw = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file '{path}' is not valid TOML: {exc}") from None
     return flatten(raw)
 

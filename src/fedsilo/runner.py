@@ -48,6 +48,13 @@ def preflight(s: Scenario):
     fed = build_federation(s)
     ref = bb.resolve(s.model.backbone, str(cache))
     device = resolve_device(s.simulation.device)
+    if s.model.scope in ("top-k", "lora"):  # depth and module names, before Ray starts
+        import copy
+
+        from fedsilo.models.scoped import ScopedModel
+
+        tokenizer, backbone = bb.load(ref.location)
+        ScopedModel(copy.deepcopy(backbone), tokenizer, s.model, 2, seed=0)
     for key, names in (("faults.crash", s.faults.crashing()),
                        ("faults.malicious", s.faults.attackers())):
         missing = names - set(fed.names())
@@ -91,7 +98,13 @@ def write_app_dir(cache_dir: Path) -> Path:
                                          "components": {"serverapp": SERVER_APP,
                                                         "clientapp": CLIENT_APP},
                                          "config": config.DEFAULTS}}}}
-    (app_dir / "pyproject.toml").write_text(tomli_w.dumps(project))
+    text = tomli_w.dumps(project)
+    target = app_dir / "pyproject.toml"
+    if not target.is_file() or target.read_text() != text:  # runs may share the cache dir
+        fd, tmp = tempfile.mkstemp(dir=app_dir, suffix=".toml.tmp")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
     return app_dir
 
 

@@ -10,14 +10,14 @@ A sweep is given on the command line (``--grid key=v1,v2``) or as a sweep file::
     "strategy.name" = ["fedavg", "fedprox", "scaffold", "fedadam"]
 
 Every run goes into ``<output.dir>/sweep-<name>-<timestamp>/``, which also gets
-``sweep.json`` (one row per run), ``sweep.md`` (the table) and ``sweep.png``.
+``sweep.json`` (one row per run), ``sweep.md`` (the table) and ``sweep.png``. Like a run
+directory it is ``.incomplete`` while the sweep runs and ``.failed`` if it stopped.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -39,13 +39,17 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
 def read_sweep_file(path: Path) -> tuple[str | None, dict[str, Any], dict[str, list[Any]]]:
     """(base scenario file, fixed overrides, grid) of a sweep file."""
     try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"sweep file '{path}' is not valid TOML: {exc}") from None
     unknown = set(raw) - {"base", "set", "grid"}
     if unknown:
         raise ConfigError(f"sweep file '{path}': unknown key '{sorted(unknown)[0]}' (use "
                           f"base, [set], [grid])")
+    for key, kind in (("base", str), ("set", dict), ("grid", dict)):
+        if key in raw and not isinstance(raw[key], kind):
+            what = "a file name" if kind is str else "a table"
+            raise ConfigError(f"sweep file '{path}': '{key}' must be {what}")
     base = str((path.parent / raw["base"]).resolve()) if "base" in raw else None
     grid = raw.get("grid", {})
     for key, values in grid.items():
@@ -58,8 +62,8 @@ def is_sweep_file(path: str | None) -> bool:
     if not path or not Path(path).is_file():
         return False
     try:
-        return "grid" in tomllib.loads(Path(path).read_text())
-    except tomllib.TOMLDecodeError:
+        return "grid" in tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
         return False
 
 
@@ -74,8 +78,12 @@ def plan(path: str | None, grid_args: list[str], overrides: list[str]):
     if not grid:
         raise ConfigError("sweep: nothing to sweep (give --grid key=v1,v2 or a sweep file "
                           "with a [grid] table)")
-    scenario = config.load(base, overrides)
-    flat = {**scenario.flat(), **fixed}
+    # precedence: base file < the sweep file's [set] < --set on the command line
+    flat = {**(config.read_toml(base) if base else {}), **fixed}
+    for item in overrides:
+        key, value = config.parse_override(item)
+        flat[key] = value
+    flat = config.from_flat(flat).flat()
     combos = [dict(zip(grid, values, strict=True))
               for values in itertools.product(*grid.values())]
     for combo in combos:  # validate every run before the first starts
@@ -85,12 +93,18 @@ def plan(path: str | None, grid_args: list[str], overrides: list[str]):
 
 def run_sweep(path: str | None, grid_args: list[str], overrides: list[str],
               verbose: bool = False) -> Path:
+    """Run every combination; the sweep directory is finalised like a run directory."""
+    base, combos = plan(path, grid_args, overrides)
+    sweep_dir = results.new_run_dir(base.replace(
+        **{"scenario.name": f"sweep-{base.scenario.name}"}))
+    with results.RunDirectory(sweep_dir) as rd:
+        _run_all(base, combos, sweep_dir, verbose)
+    return rd.final
+
+
+def _run_all(base, combos: list[dict], sweep_dir: Path, verbose: bool) -> None:
     from fedsilo.runner import RunFailed, simulate
 
-    base, combos = plan(path, grid_args, overrides)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    sweep_dir = Path(base.output.dir) / f"sweep-{base.scenario.name}-{stamp}"
-    sweep_dir.mkdir(parents=True)
     rows = []
     for i, combo in enumerate(combos, start=1):
         name = "_".join(f"{k.split('.')[-1]}={v}" for k, v in combo.items())
@@ -100,10 +114,12 @@ def run_sweep(path: str | None, grid_args: list[str], overrides: list[str],
         try:
             outcome = simulate(s, verbose=verbose)
             sm = outcome.summary
-            accs = [v["accuracy"] for v in sm["final"]["institutions"].values()]
+            accs = [v["accuracy"] for v in sm["final"]["institutions"].values()
+                    if v.get("accuracy") is not None]
             row.update(run=outcome.run_dir.name, accuracy=sm["final"]["global"]["accuracy"],
-                       macro_f1=sm["final"]["global"]["macro_f1"], worst_accuracy=min(accs))
-        except RunFailed as exc:
+                       macro_f1=sm["final"]["global"]["macro_f1"],
+                       worst_accuracy=min(accs) if accs else None)
+        except (RunFailed, ConfigError) as exc:
             row.update(run=None, error=str(exc))
             print(f"sweep run {i} failed: {exc}", flush=True)
         rows.append(row)
@@ -112,7 +128,6 @@ def run_sweep(path: str | None, grid_args: list[str], overrides: list[str],
     (sweep_dir / "sweep.md").write_text(table + "\n")
     print("\n" + table)
     plot_sweep(rows, sweep_dir / "sweep.png")
-    return sweep_dir
 
 
 def sweep_table(rows: list[dict]) -> str:

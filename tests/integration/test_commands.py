@@ -60,6 +60,11 @@ def test_compare_names_a_directory_that_is_not_a_run(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"fedsilo: compare: '{tmp_path}' is not a finished run "
                                    f"directory (no summary.json)")
+    failed = tmp_path / "x-20260101-000000.failed"
+    failed.mkdir()
+    (failed / "summary.json").write_text("{}")
+    proc = fedsilo("compare", str(failed), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "is not a finished run (it ended '.failed')" in proc.stderr
 
 
 def test_sweep_runs_the_grid_including_scaffold(tmp_path, cache_dir):
@@ -72,13 +77,20 @@ def test_sweep_runs_the_grid_including_scaffold(tmp_path, cache_dir):
     rows = json.loads((sweep_dir / "sweep.json").read_text())["rows"]
     assert [r["strategy.name"] for r in rows] == ["fedavg", "scaffold"]
     for r in rows:
-        assert 0 <= r["macro_f1"] <= 1 and (sweep_dir / r["run"] / "summary.json").is_file()
+        assert r["macro_f1"] > 0.05 and (sweep_dir / r["run"] / "summary.json").is_file()
     scaffold = json.loads((sweep_dir / rows[1]["run"] / "metrics.jsonl").read_text()
                           .splitlines()[0])
-    # SCAFFOLD sends c with x and gets two deltas back: twice FedAvg's bytes each way
+    # SCAFFOLD gets two deltas back (twice FedAvg's bytes up) and sends c beside x for
+    # training, not for evaluation (1.5 times FedAvg's bytes down)
     fedavg = json.loads((sweep_dir / rows[0]["run"] / "metrics.jsonl").read_text()
                         .splitlines()[0])
     assert scaffold["bytes_up"] == 2 * fedavg["bytes_up"]
+    assert scaffold["bytes_down"] * 2 == 3 * fedavg["bytes_down"]
+    # the server control variate is in the checkpoint, one array per shared array
+    from fedsilo.results import read_checkpoint
+
+    _, shared, strategy_state = read_checkpoint(sweep_dir / rows[1]["run"])
+    assert sorted(strategy_state) == sorted(f"control/{k}" for k in shared)
     assert (sweep_dir / "sweep.md").read_text().count("\n") == 4
     assert (sweep_dir / "sweep.png").stat().st_size > 5000
 

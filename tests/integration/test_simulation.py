@@ -16,6 +16,7 @@ import numpy as np
 import psutil
 import pytest
 
+from fedsilo.results import read_checkpoint
 from tests.conftest import CONFIGS
 
 RAY_OR_FLOWER = ("raylet", "gcs_server", "plasma_store", "flower-superlink", "ray::",
@@ -86,10 +87,12 @@ def test_smoke_scenario_trains_records_and_cleans_up(tmp_path, cache_dir):
     # artefacts
     head = np.load(run / "head.npz")
     assert head["head.out.weight"].shape == (8, 64)
-    state = json.loads((run / "checkpoint" / "state.json").read_text())
-    assert state["round"] == 6 and state["seed"] == 42
-    ckpt = np.load(run / "checkpoint" / "head.npz")
-    np.testing.assert_array_equal(ckpt["head.out.weight"], head["head.out.weight"])
+    state, shared, strategy_state = read_checkpoint(run)
+    assert state["round"] == 6 and state["seed"] == 42 and state["strategy"] == "fedavg"
+    assert sorted(p.name for p in (run / "checkpoint").iterdir()) == ["round-0006.npz",
+                                                                      "state.json"]
+    np.testing.assert_array_equal(shared["head.out.weight"], head["head.out.weight"])
+    assert strategy_state == {}  # FedAvg keeps no server state
     assert (run / "accuracy.png").stat().st_size > 5000
     assert "name = \"smoke\"" in (run / "config.toml").read_text()
 

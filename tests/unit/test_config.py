@@ -290,3 +290,25 @@ def test_describe_covers_every_key():
     assert [k for k, _, _ in rows] == list(FIELDS)
     assert all(help_text for _, _, help_text in rows)
     assert dict((k, d) for k, d, _ in rows) == DEFAULTS
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("data.test_fraction=nan", "config: 'data.test_fraction' must be a finite number, got nan"),
+    ("train.lr=inf", "config: 'train.lr' must be a finite number, got inf"),
+    ("scenario.seed=-1", "config: 'scenario.seed' must be >= 0, got -1"),
+])
+def test_non_finite_and_negative_values_are_refused(override, message):
+    with pytest.raises(ConfigError) as err:
+        load(None, [override])
+    assert str(err.value) == message
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"[scenario]\nname = \"\xff\xfe\"\n")
+    with pytest.raises(ConfigError, match=f"config file '{bad}' is not valid TOML"):
+        load(bad)
+
+
+def test_the_default_scenario_file_spells_out_the_defaults():
+    assert load(ROOT / "configs" / "bank_hospital.toml") == Scenario()

@@ -239,3 +239,69 @@ def test_attacks_transform_the_update_as_documented():
                           FaultsSection(behaviour="noise", noise_std=2.0), 0)
     assert abs(noise["w"].std() - 2.0) < 0.05 and abs(noise["w"].mean()) < 0.05
     np.testing.assert_array_equal(flip_labels(np.array([0, 3, 7]), 8), [7, 4, 0])
+
+
+def test_fedprox_puts_mu_in_every_training_message():
+    st = _strategy("fedprox", **{"strategy.proximal_mu": 0.3})
+    msgs = list(st.configure_train(1, ArrayRecord({"w": Array(X0.astype(np.float32))}),
+                                   ConfigRecord(), _Grid()))
+    assert len(msgs) == 5
+    assert all(m.content["config"]["proximal-mu"] == 0.3 for m in msgs)
+
+
+def test_fedadam_keeps_the_dtype_it_sent_and_its_state_is_checkpointable():
+    from strategies import strategy_state
+
+    st = _strategy("fedadam")
+    x = X0.copy()
+    for r in (1, 2, 3):
+        _start(st, x, r)
+        replies = [_reply(10 + i, w, N[i]) for i, w in enumerate(W[:4])]
+        arrays, _ = st.aggregate_train(r, replies)
+        assert arrays["w"].numpy().dtype == np.float32  # Flower's step size is float64
+        x = arrays["w"].numpy()
+    state = strategy_state(st)
+    assert sorted(state) == ["m_t/w", "v_t/w"] and state["v_t/w"].shape == (3,)
+    momentum = _strategy("fedavgm")
+    _start(momentum, X0, 1)
+    momentum.aggregate_train(1, [_reply(10 + i, w, N[i]) for i, w in enumerate(W[:4])])
+    assert sorted(strategy_state(momentum)) == ["momentum/w"]
+    assert strategy_state(_strategy("fedavg")) == {}
+
+
+def test_scaffold_client_correction_by_hand():
+    """With correction c - c_i, each SGD step is w <- w - lr * (grad + c - c_i)."""
+    from fedsilo.training import local_train
+    from fedsilo.training.features import CachedFeatures
+
+    class Lin(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(2, 3, bias=False)
+
+        def trainable(self):
+            return dict(self.named_parameters())
+
+        def train_mode(self):
+            self.train()
+
+        def logits(self, batch):
+            return self.head(batch.pooled)
+
+    torch.manual_seed(0)
+    model = Lin()
+    w0 = model.head.weight.detach().clone()
+    x = torch.tensor([[0.5, -1.0], [2.0, 1.0]])
+    labels = np.array([2, 0])
+    corr = torch.tensor([[0.1, -0.2], [0.0, 0.3], [-0.4, 0.05]])
+    t = TrainSection(local_epochs=3, batch_size=2, lr=0.05, optimizer="sgd")
+    stats = local_train(model, CachedFeatures({"pooled": x}), labels, t, 0,
+                        torch.device("cpu"), correction={"head.weight": corr})
+    w = w0.clone()
+    for _ in range(3):
+        w.requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(x @ w.T, torch.tensor(labels))
+        (g,) = torch.autograd.grad(loss, w)
+        w = (w - 0.05 * (g + corr)).detach()
+    torch.testing.assert_close(model.head.weight.detach(), w)
+    assert stats.steps == 3

@@ -58,12 +58,17 @@ def resolve(spec: str, cache_dir: str) -> BackboneRef:
 
 def _from_dir(path: Path) -> BackboneRef:
     cfg_text = (path / "config.json").read_text()
+    try:
+        cfg = json.loads(cfg_text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"model.backbone: '{path}/config.json' is not valid JSON: "
+                          f"{exc}") from None
     h = hashlib.sha256(cfg_text.encode())
     for f in sorted(path.iterdir()):
         if f.is_file():
             st = f.stat()
             h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
-    hidden = int(json.loads(cfg_text).get("hidden_size", 0))
+    hidden = int(cfg.get("hidden_size", 0) or 0) if isinstance(cfg, dict) else 0
     if hidden <= 0:
         raise ConfigError(f"model.backbone: '{path}' is not a BERT-family model "
                           f"(config.json has no hidden_size)")

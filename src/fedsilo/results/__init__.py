@@ -3,7 +3,7 @@
 A run directory ``runs/<scenario>-<timestamp>/`` holds:
 - ``config.toml``: the resolved scenario (every key);
 - ``metrics.jsonl``: one JSON object per round (per institution and global);
-- ``checkpoint/``: the shared head, round, strategy state and seeds after the last round;
+- ``checkpoint/``: the shared arrays, strategy state, round and seeds after the last round;
 - ``head.npz``: the final shared head; ``summary.json``; ``accuracy.png``;
 - ``flower.log``: the framework's own log.
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +30,11 @@ INCOMPLETE, FAILED = ".incomplete", ".failed"
 
 def new_run_dir(s: Scenario) -> Path:
     """A fresh ``<output.dir>/<scenario>-<timestamp>.incomplete`` directory."""
+    from fedsilo.config import ConfigError
+
     root = Path(s.output.dir)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"output.dir: '{root}' exists and is not a directory")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = f"{s.scenario.name}-{stamp}"
     for i in range(1000):
@@ -85,17 +88,34 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     os.replace(tmp, path)
 
 
-def write_checkpoint(run_dir: Path, arrays: dict[str, np.ndarray], state: dict) -> None:
-    """Replace ``checkpoint/`` with the head and state after a round, all or nothing."""
-    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=run_dir))
-    save_arrays(tmp / "head.npz", arrays)
-    write_json(tmp / "state.json", state)
-    target = run_dir / "checkpoint"
-    old = run_dir / ".checkpoint-old"
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+def write_checkpoint(run_dir: Path, server_round: int, arrays: dict[str, np.ndarray],
+                     strategy_arrays: dict[str, np.ndarray], state: dict) -> None:
+    """Write the checkpoint after ``server_round``; a crash at any point leaves a complete
+    earlier or later checkpoint, never a mix.
+
+    ``checkpoint/round-NNNN.npz`` holds the shared arrays (``shared/<name>``) and the
+    strategy's state (``strategy/<name>``); ``checkpoint/state.json`` (round, seeds, which
+    file) is replaced last and is the pointer a reader follows.
+    """
+    ckpt = run_dir / "checkpoint"
+    ckpt.mkdir(exist_ok=True)
+    name = f"round-{server_round:04d}.npz"
+    save_arrays(ckpt / name, {**{f"shared/{k}": v for k, v in arrays.items()},
+                              **{f"strategy/{k}": v for k, v in strategy_arrays.items()}})
+    write_json(ckpt / "state.json", {**state, "round": server_round, "file": name})
+    for old in ckpt.glob("round-*.npz"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def read_checkpoint(run_dir: Path) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(state, shared arrays, strategy arrays) of a run's last checkpoint."""
+    ckpt = run_dir / "checkpoint"
+    state = json.loads((ckpt / "state.json").read_text())
+    with np.load(ckpt / state["file"]) as z:
+        shared = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("shared/")}
+        strat = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("strategy/")}
+    return state, shared, strat
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -153,7 +173,8 @@ def plot_accuracy(run_dir: Path, rows: list[dict], max_lines: int = 10) -> Path 
     kinds = {n: v.get("kind") for r in rows for n, v in r["institutions"].items()}
 
     def acc(name: str) -> list[float]:
-        return [r["institutions"].get(name, {}).get("accuracy") or np.nan for r in rows]
+        values = [r["institutions"].get(name, {}).get("accuracy") for r in rows]
+        return [np.nan if v is None else v for v in values]
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     if len(kinds) <= max_lines:

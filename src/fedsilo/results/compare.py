@@ -13,6 +13,9 @@ from fedsilo.results import format_table
 
 
 def load_summary(run_dir: Path) -> dict:
+    if Path(run_dir).name.endswith((".failed", ".incomplete")):
+        raise ConfigError(f"compare: '{run_dir}' is not a finished run (it ended "
+                          f"'{Path(run_dir).suffix}')")
     path = Path(run_dir) / "summary.json"
     if not path.is_file():
         raise ConfigError(f"compare: '{run_dir}' is not a finished run directory "
@@ -41,20 +44,25 @@ def comparison(run_dirs: list[Path]) -> tuple[list[str], list[list], dict]:
         for s in summaries:
             inst = s["final"]["institutions"].get(n, {})
             row[1] = row[1] or inst.get("kind", "-")
-            row += [inst.get("accuracy", float("nan")), inst.get("macro_f1", float("nan"))]
+            row += [_num(inst.get("accuracy")), _num(inst.get("macro_f1"))]
         rows.append(row)
         data["institutions"][n] = row[2:]
     overall = ["ALL (federation-wide test)", "-"]
     worst = ["worst institution", "-"]
     spread = ["spread (best - worst)", "-"]
     for s in summaries:
-        accs = [v["accuracy"] for v in s["final"]["institutions"].values()]
+        accs = [v["accuracy"] for v in s["final"]["institutions"].values()
+                if v.get("accuracy") is not None]  # unsampled in the last evaluation
         overall += [s["final"]["global"]["accuracy"], s["final"]["global"]["macro_f1"]]
-        worst += [min(accs), None]
-        spread += [max(accs) - min(accs), None]
+        worst += [min(accs) if accs else None, None]
+        spread += [max(accs) - min(accs) if accs else None, None]
     rows += [overall, worst, spread]
     data.update({"overall": overall[2:], "worst": worst[2::2], "spread": spread[2::2]})
     return header, [[("-" if c is None else c) for c in r] for r in rows], data
+
+
+def _num(v) -> float:
+    return float("nan") if v is None else v
 
 
 def compare(run_dirs: list[Path], out_png: Path | None = None) -> str:
