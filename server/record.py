@@ -126,15 +126,18 @@ class RunRecorder:
 
     def _progress(self, row: dict) -> None:
         r, total = row["round"], self.s.scenario.rounds
-        done = [x["wall_time_s"] for x in self.rows[1:]] or [row["wall_time_s"]]
-        eta = (total - r) * float(np.mean(done))
+        later = [x["wall_time_s"] for x in self.rows[1:]]  # round 1 also encodes: not typical
+        if later:
+            eta = f"ETA {(total - r) * float(np.mean(later)):.0f}s"
+        else:
+            eta = "ETA 0s" if r == total else "ETA after round 2"
         g = row["global"]
         tl = f"{g['train_loss']:.3f}" if g["train_loss"] is not None else "-"
         worst = min((v["accuracy"] for v in row["institutions"].values()
                      if v["accuracy"] is not None), default=float("nan"))
         _say(f"round {r:>3}/{total}  acc {g['accuracy']:.3f}  macro-F1 {g['macro_f1']:.3f}  "
              f"worst inst acc {worst:.3f}  test loss {g['loss']:.3f}  train loss {tl}  "
-             f"{row['wall_time_s']:.1f}s  ETA {eta:.0f}s")
+             f"{row['wall_time_s']:.1f}s  {eta}")
 
     # -- end of run -------------------------------------------------------------------
     def finish(self, arrays: ArrayRecord) -> dict:
