@@ -184,27 +184,30 @@ def test_scaffold_needs_sgd():
         Scenario().replace(**{"strategy.name": "scaffold"})
 
 
+class _Lin(torch.nn.Module):
+    """A bias-free linear head with the interface local_train expects of a model."""
+
+    def __init__(self, num_labels: int):
+        super().__init__()
+        self.head = torch.nn.Linear(2, num_labels, bias=False)
+
+    def trainable(self):
+        return dict(self.named_parameters())
+
+    def train_mode(self):
+        self.train()
+
+    def logits(self, batch):
+        return self.head(batch.pooled)
+
+
 def test_fedprox_term_is_mu_over_two_times_the_squared_norm():
     """One SGD step with mu > 0 moves w by lr * (grad + mu * (w - w_global))."""
     from fedsilo.training import local_train
     from fedsilo.training.features import CachedFeatures
 
-    class Lin(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.head = torch.nn.Linear(2, 2, bias=False)
-
-        def trainable(self):
-            return dict(self.named_parameters())
-
-        def train_mode(self):
-            self.train()
-
-        def logits(self, batch):
-            return self.head(batch.pooled)
-
     torch.manual_seed(0)
-    a, b = Lin(), Lin()
+    a, b = _Lin(2), _Lin(2)
     b.load_state_dict(a.state_dict())
     x = torch.tensor([[1.0, -1.0]])
     feats = CachedFeatures({"pooled": x})
@@ -274,22 +277,8 @@ def test_scaffold_client_correction_by_hand():
     from fedsilo.training import local_train
     from fedsilo.training.features import CachedFeatures
 
-    class Lin(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.head = torch.nn.Linear(2, 3, bias=False)
-
-        def trainable(self):
-            return dict(self.named_parameters())
-
-        def train_mode(self):
-            self.train()
-
-        def logits(self, batch):
-            return self.head(batch.pooled)
-
     torch.manual_seed(0)
-    model = Lin()
+    model = _Lin(3)
     w0 = model.head.weight.detach().clone()
     x = torch.tensor([[0.5, -1.0], [2.0, 1.0]])
     labels = np.array([2, 0])
