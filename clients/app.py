@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import zlib
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,11 +28,32 @@ from flwr.clientapp import ClientApp
 
 from fedsilo import config
 from fedsilo.faults import attack_update, flip_labels
+from fedsilo.privacy.boundary import append_audit, check_reply, describe_reply
 from fedsilo.silo import features, labels_of, resolve_institution, runtime_for
 from fedsilo.training import evaluate, local_train
 from fedsilo.training.scaffold import CONTROL_KEY, DELTA_C_KEY, STATE_KEY, client_variate
 
-app = ClientApp()
+
+def boundary_guard(msg: Message, context: Context, call_next) -> Message:
+    """Every reply passes here last: anything beyond the declared boundary is refused
+    (fedsilo.privacy.boundary), and with ``output.audit`` the reply is recorded."""
+    reply = call_next(msg, context)
+    if reply.has_error():
+        return reply
+    problems = check_reply(msg, reply)
+    scenario = config.from_flat(dict(context.run_config))
+    if scenario.output.audit and scenario.output.run_dir:
+        _, inst = resolve_institution(scenario, dict(context.node_config))
+        entry = describe_reply(msg, reply) | {"round": msg.content["config"]["server-round"]
+                                        if "config" in msg.content else 0,
+                                        "refused": problems}
+        append_audit(Path(scenario.output.run_dir) / "audit" / f"{inst.name}.jsonl", entry)
+    if problems:
+        raise RuntimeError(f"reply refused at the privacy boundary: {'; '.join(problems)}")
+    return reply
+
+
+app = ClientApp(mods=[boundary_guard])
 
 
 class InstitutionFailure(RuntimeError):

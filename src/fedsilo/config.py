@@ -150,6 +150,8 @@ class OutputSection:
     dir: str = _opt("runs", "where run directories are created")
     run_dir: str = _opt("", "set by `fedsilo run`; empty lets the ServerApp create one")
     plot: bool = _opt(True, "write PNG plots")
+    audit: bool = _opt(False, "record every reply each institution sends (records, metric "
+                       "values, array shapes) in <run dir>/audit/<institution>.jsonl")
 
 
 @dataclass(frozen=True)

@@ -54,8 +54,16 @@ def run_scenario(tmp_path: Path, cache_dir: Path, config: str, *sets: str):
     return proc, runs
 
 
-def test_smoke_scenario_trains_records_and_cleans_up(tmp_path, cache_dir):
-    proc, runs = run_scenario(tmp_path, cache_dir, "smoke.toml")
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, cache_dir):
+    """One run of the shipped smoke scenario, with every client reply audited."""
+    tmp_path = tmp_path_factory.mktemp("smoke")
+    proc, runs = run_scenario(tmp_path, cache_dir, "smoke.toml", "output.audit=true")
+    return proc, runs
+
+
+def test_smoke_scenario_trains_records_and_cleans_up(smoke):
+    proc, runs = smoke
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(runs) == 1 and not runs[0].name.endswith((".failed", ".incomplete"))
     run = runs[0]
@@ -95,6 +103,49 @@ def test_smoke_scenario_trains_records_and_cleans_up(tmp_path, cache_dir):
     assert strategy_state == {}  # FedAvg keeps no server state
     assert (run / "accuracy.png").stat().st_size > 5000
     assert "name = \"smoke\"" in (run / "config.toml").read_text()
+
+
+def test_clients_send_only_the_shared_arrays_and_declared_metrics(smoke):
+    """Every reply every institution sent, as recorded at the node's boundary."""
+    from fedsilo import config
+    from fedsilo.data import build_federation, synthetic
+    from fedsilo.privacy.boundary import EVAL_METRICS, INFO_KEYS, TRAIN_METRICS
+
+    proc, runs = smoke
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = runs[0]
+    fed = build_federation(config.load(run / "config.toml"))
+    shared = {"head.out.weight": [[8, 64], "float32"], "head.out.bias": [[8], "float32"]}
+    for inst in fed.institutions:
+        entries = [json.loads(x) for x in
+                   (run / "audit" / f"{inst.name}.jsonl").read_text().splitlines()]
+        assert [e["type"] for e in entries] == ["query"] + ["train", "evaluate"] * 6
+        assert all(e["refused"] == [] for e in entries)
+        private = set(inst.train_texts) | set(inst.test_texts)
+        for e in entries:
+            strings = [v for rec in e["configs"].values() for v in rec.values()
+                       if isinstance(v, str)]
+            strings += [x for rec in e["configs"].values() for v in rec.values()
+                        if isinstance(v, list) for x in v if isinstance(x, str)]
+            assert not private & set(strings)  # no text leaves
+            if e["type"] == "query":
+                info = e["configs"]["info"]
+                assert set(info) == INFO_KEYS and e["arrays"] == {} and e["metrics"] == {}
+                assert info["institution"] == inst.name and info["labels"] == list(
+                    synthetic.LABELS)
+                continue
+            assert e["configs"] == {}
+            m = e["metrics"]["metrics"]
+            assert list(e["metrics"]) == ["metrics"]
+            if e["type"] == "train":  # the head's arrays, nothing else
+                assert e["arrays"] == {"arrays": shared}
+                assert set(m) == TRAIN_METRICS and m["num-examples"] == len(inst.train_texts)
+            else:
+                assert e["arrays"] == {}
+                assert set(m) == EVAL_METRICS and len(m["confusion"]) == 8 * 8
+                assert sum(m["confusion"]) == len(inst.test_texts)  # counts, not labels
+            # no per-example values: every list is the 8 x 8 confusion matrix
+            assert all(len(v) == 64 for v in m.values() if isinstance(v, list))
 
 
 def test_default_scenario_with_real_minilm_learns(tmp_path, cache_dir):

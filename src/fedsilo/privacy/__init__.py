@@ -1,0 +1,2 @@
+"""Privacy: what may leave an institution (the boundary), and later clipping, noise,
+accountants and audits."""

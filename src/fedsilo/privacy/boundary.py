@@ -1,0 +1,94 @@
+"""The boundary: exactly what an institution's node may send, checked on every reply.
+
+A reply may carry only
+- to a query (the handshake): a ConfigRecord ``info`` with INFO_KEYS;
+- to a training message: the shared arrays it received (same names, shapes, float dtype;
+  SCAFFOLD's variate delta too) and a MetricRecord ``metrics`` with TRAIN_METRICS;
+- to an evaluation message: a MetricRecord ``metrics`` with EVAL_METRICS, whose confusion
+  matrix has one count per (true, predicted) label pair.
+Anything else (a text, token ids, features, labels, an extra record) is refused before it
+leaves the node.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from flwr.app import Message
+
+INFO_KEYS = {"institution", "kind", "index", "labels", "num-train", "num-test"}
+TRAIN_METRICS = {"num-examples", "institution-id", "train-loss", "train-loss-first-epoch",
+                 "steps", "train-time-s"}
+EVAL_METRICS = {"num-examples", "institution-id", "loss", "accuracy", "macro-f1",
+                "confusion", "eval-time-s"}
+
+
+def check_reply(received: Message, reply: Message) -> list[str]:
+    """What in ``reply`` is not allowed out (empty when the reply is within bounds)."""
+    kind = received.metadata.message_type.split(".")[0]
+    c = reply.content
+    problems: list[str] = []
+    arrays, metrics, configs = (dict(c.array_records), dict(c.metric_records),
+                                dict(c.config_records))
+    if kind == "query":
+        allowed = {"info"}
+        if set(configs) != allowed or arrays or metrics:
+            problems.append(f"query reply records {sorted(c.keys())} != ['info']")
+        elif set(configs["info"].keys()) != INFO_KEYS:
+            problems.append(f"handshake keys {sorted(configs['info'].keys())}")
+        return problems
+    if configs:
+        problems.append(f"config records {sorted(configs)} in a {kind} reply")
+    if set(metrics) != {"metrics"}:
+        problems.append(f"metric records {sorted(metrics)} (expected ['metrics'])")
+    else:
+        declared = TRAIN_METRICS if kind == "train" else EVAL_METRICS
+        extra = set(metrics["metrics"].keys()) - declared
+        if extra:
+            problems.append(f"undeclared metrics {sorted(extra)}")
+        if kind == "evaluate" and "confusion" in metrics["metrics"]:
+            n = len(metrics["metrics"]["confusion"])
+            if int(round(n ** 0.5)) ** 2 != n:
+                problems.append(f"confusion of {n} values is not a label x label matrix")
+    sent = received.content.array_records.get("arrays")
+    if kind == "evaluate":
+        if arrays:
+            problems.append(f"array records {sorted(arrays)} in an evaluate reply")
+        return problems
+    expected = {k: (tuple(v.shape), v.dtype) for k, v in sent.items()} if sent else {}
+    for name, rec in arrays.items():
+        if name not in ("arrays", "scaffold-dc"):
+            problems.append(f"undeclared array record '{name}'")
+            continue
+        got = {k: (tuple(v.shape), v.dtype) for k, v in rec.items()}
+        if set(got) != set(expected):
+            problems.append(f"'{name}' holds arrays {sorted(set(got) ^ set(expected))[:3]} "
+                            f"that the shared part does not")
+        for k, (shape, _dtype) in got.items():
+            if k in expected and shape != expected[k][0]:
+                problems.append(f"'{name}/{k}' has shape {shape}, the shared part "
+                                f"{expected[k][0]}")
+    if "arrays" not in arrays:
+        problems.append("no 'arrays' record in a train reply")
+    return problems
+
+
+def describe_reply(received: Message, reply: Message) -> dict:
+    """The whole reply as an auditor sees it: every metric and config value, and each
+    array's name, shape and dtype."""
+    c = reply.content
+    return {
+        "type": received.metadata.message_type,
+        "arrays": {r: {k: [list(v.shape), str(v.dtype)] for k, v in rec.items()}
+                   for r, rec in c.array_records.items()},
+        "metrics": {r: dict(rec) for r, rec in c.metric_records.items()},
+        "configs": {r: {k: (v.decode("latin-1") if isinstance(v, bytes) else v)
+                        for k, v in rec.items()} for r, rec in c.config_records.items()},
+    }
+
+
+def append_audit(path: Path, entry: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fh.write(json.dumps(entry) + "\n")
