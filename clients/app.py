@@ -29,8 +29,10 @@ from flwr.clientapp import ClientApp
 from fedsilo import config
 from fedsilo.faults import attack_update, flip_labels
 from fedsilo.privacy.boundary import append_audit, check_reply, describe_reply
+from fedsilo.privacy.dpsgd import dp_train
+from fedsilo.privacy.dpsgd import plan as dp_plan
 from fedsilo.silo import features, labels_of, resolve_institution, runtime_for
-from fedsilo.training import evaluate, local_train
+from fedsilo.training import TrainStats, evaluate, local_train
 from fedsilo.training.scaffold import CONTROL_KEY, DELTA_C_KEY, STATE_KEY, client_variate
 
 
@@ -115,10 +117,15 @@ def train(msg: Message, context: Context) -> Message:
             c_i = _numpy(context.state[STATE_KEY]) if STATE_KEY in context.state else \
                 {k: np.zeros_like(v) for k, v in c.items()}
             correction = {k: torch.from_numpy(c[k] - c_i[k]) for k in c}
-        stats = local_train(model, features(scenario, rt, model, inst, "train"), labels,
-                            scenario.train, seed, rt.device,
-                            prox_mu=float(config.get("proximal-mu", 0.0)),
-                            correction=correction)
+        source = features(scenario, rt, model, inst, "train")
+        dp_metrics = {}
+        if scenario.privacy.dp:
+            stats, dp_metrics = _dp_round(scenario, context, model, source, labels, seed,
+                                          rt.device)
+        else:
+            stats = local_train(model, source, labels, scenario.train, seed, rt.device,
+                                prox_mu=float(config.get("proximal-mu", 0.0)),
+                                correction=correction)
         y = _numpy(model.get_arrays())
         if malicious:
             y = attack_update(x, y, scenario.faults, seed)
@@ -133,9 +140,31 @@ def train(msg: Message, context: Context) -> Message:
         records["metrics"] = MetricRecord({
             "num-examples": stats.examples, "institution-id": fed.names().index(inst.name),
             "train-loss": stats.loss, "train-loss-first-epoch": stats.first_loss,
-            "steps": stats.steps, "train-time-s": time.perf_counter() - t0,
+            "steps": stats.steps, "train-time-s": time.perf_counter() - t0, **dp_metrics,
         })
     return Message(RecordDict(records), reply_to=msg)
+
+
+def _dp_round(scenario, context: Context, model, source, labels, seed, device):
+    """One round of DP-SGD, or none when it would exceed privacy.max_epsilon; the steps
+    taken so far live in this node's state, so the accounting spans every round."""
+    p = scenario.privacy
+    dp = dp_plan(p, scenario.train, len(source), scenario.scenario.rounds)
+    spent = int(context.state["dp"]["steps"]) if "dp" in context.state else 0
+    stopped = p.max_epsilon > 0 and dp.epsilon_after(spent + dp.steps_per_round) > \
+        p.max_epsilon
+    if stopped:  # keeps the received weights, and weighs 0 in the aggregate
+        stats = TrainStats(loss=0.0, first_loss=0.0, steps=0, examples=0)
+    else:
+        loss, steps = dp_train(model, source, labels, scenario.train, dp, seed, device)
+        spent += steps
+        stats = TrainStats(loss=loss, first_loss=loss, steps=steps, examples=len(source))
+    context.state["dp"] = ConfigRecord({"steps": spent})
+    return stats, {"dp-epsilon": dp.epsilon_after(spent), "dp-delta": dp.delta,
+                   "dp-noise-multiplier": dp.noise_multiplier,
+                   "dp-max-grad-norm": dp.max_grad_norm,
+                   "dp-sampling-rate": dp.sampling_rate, "dp-steps": spent,
+                   "dp-stopped": int(stopped)}
 
 
 def _numpy(rec: ArrayRecord) -> dict[str, np.ndarray]:

@@ -130,3 +130,6 @@ def run(grid: Grid, s: config.Scenario, run_dir: Path) -> None:
         final = recorder.last_arrays
     summary = recorder.finish(final)
     _say("\n" + results.final_table(summary))
+    privacy = results.privacy_table(summary)
+    if privacy:
+        _say("\nprivacy spent per institution:\n" + privacy)

@@ -20,6 +20,17 @@ def _say(text: str) -> None:
     print(text, flush=True, file=sys.stdout)
 
 
+def privacy_of(train_metrics: dict) -> dict:
+    """An institution's DP-SGD accounting, as its training reply reported it."""
+    from fedsilo.privacy.dpsgd import ACCOUNTANT, MECHANISM
+
+    t = train_metrics
+    return {"mechanism": MECHANISM, "accountant": ACCOUNTANT, "epsilon": t["dp-epsilon"],
+            "delta": t["dp-delta"], "noise_multiplier": t["dp-noise-multiplier"],
+            "max_grad_norm": t["dp-max-grad-norm"], "sampling_rate": t["dp-sampling-rate"],
+            "steps": int(t["dp-steps"]), "stopped_by_budget": bool(t["dp-stopped"])}
+
+
 class TargetReached(Exception):
     """Raised after the round whose global accuracy reached scenario.target_accuracy."""
 
@@ -91,6 +102,8 @@ class RunRecorder:
                 "train_time_s": t.get("train-time-s"),
                 "malicious": self.s.faults.behaviour if name in attackers else None,
             }
+            if "dp-epsilon" in t:
+                insts[name]["privacy"] = privacy_of(t)
         if evals:
             g = aggregate_evaluate_metrics(
                 [RecordDict({"m": MetricRecord(v)}) for v in evals.values()], "num-examples")
@@ -139,6 +152,18 @@ class RunRecorder:
              f"worst inst acc {worst:.3f}  test loss {g['loss']:.3f}  train loss {tl}  "
              f"{row['wall_time_s']:.1f}s  {eta}")
 
+    def _privacy(self) -> dict:
+        """Per institution, the accounting from the last round it reported."""
+        if not self.s.privacy.dp:
+            return {"institutions": {}, "server": None,
+                    "note": "no differential privacy (privacy.dp = false)"}
+        last: dict[str, dict] = {}
+        for row in self.rows:
+            for name, v in row["institutions"].items():
+                if "privacy" in v:
+                    last[name] = v["privacy"]
+        return {"institutions": last, "server": None}
+
     # -- end of run -------------------------------------------------------------------
     def finish(self, arrays: ArrayRecord) -> dict:
         wall = time.perf_counter() - self.t_start
@@ -170,6 +195,7 @@ class RunRecorder:
             "labels": self.labels,
             "strategy": {"name": self.s.strategy.name},
             "malicious": {n: self.s.faults.behaviour for n in sorted(self.s.faults.attackers())},
+            "privacy": self._privacy(),
         }
         results.write_json(self.run_dir / "summary.json", summary)
         if self.s.output.plot:

@@ -135,6 +135,12 @@ class Tracked:
         timing[f"{stage}_phase_s"] = t0 - self.ledger._phase_start.get((server_round, stage), t0)
         replies = self.ledger.check(server_round, stage, list(replies))
         self.ledger.record(server_round, stage, replies)
+        if stage == "training" and replies and all(
+                int(next(iter(m.content.metric_records.values()))["num-examples"]) == 0
+                for m in replies):
+            raise ClientFailure(f"no institution trained in round {server_round}: every "
+                                f"sampled institution has spent its privacy budget "
+                                f"(privacy.max_epsilon)")
         out = agg(server_round, replies)
         if stage == "training" and out[0] is not None:
             out = (_as_sent_dtype(out[0], self._sent_dtypes), out[1])

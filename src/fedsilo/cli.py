@@ -8,6 +8,7 @@
     fedsilo compare RUN_DIR... [--png FILE]        runs side by side, per institution
     fedsilo sweep [CONFIG|SWEEP_FILE] [--grid key=v1,v2 ...] [--set ...]
                                                    the cross product, one run after another
+    fedsilo privacy RUN_DIR                        the run's privacy report again
     fedsilo keys                                   list every config key with its default
 
 Exit codes: 0 success, 1 a run that failed, 2 bad input (config, data, arguments),
@@ -45,6 +46,8 @@ def parser() -> argparse.ArgumentParser:
     cmp_ = sub.add_parser("compare", help="compare finished runs per institution")
     cmp_.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
     cmp_.add_argument("--png", type=Path, help="also write a bar chart here")
+    priv = sub.add_parser("privacy", help="print a finished run's privacy report")
+    priv.add_argument("run", type=Path, metavar="RUN_DIR")
     sweep = sub.add_parser("sweep", help="run the cross product of a grid of values")
     _scenario_args(sweep)
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
@@ -114,6 +117,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_privacy(args: argparse.Namespace) -> int:
+    from fedsilo.results import privacy_table
+    from fedsilo.results.compare import load_summary
+
+    summary = load_summary(args.run)
+    table = privacy_table(summary)
+    print(table if table else (summary.get("privacy") or {}).get(
+        "note", "no privacy report in this run"))
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from fedsilo.data import build_federation
     from fedsilo.results import format_table
@@ -155,7 +169,8 @@ def _rel(p: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     handler = {"run": cmd_run, "data": cmd_data, "config": cmd_config, "keys": cmd_keys,
-               "baseline": cmd_baseline, "compare": cmd_compare, "sweep": cmd_sweep}
+               "baseline": cmd_baseline, "compare": cmd_compare, "sweep": cmd_sweep,
+               "privacy": cmd_privacy}
     try:
         return handler[args.command](args)
     except ConfigError as exc:

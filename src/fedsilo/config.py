@@ -155,6 +155,22 @@ class OutputSection:
 
 
 @dataclass(frozen=True)
+class PrivacySection:
+    dp: bool = _opt(False, "record-level DP-SGD inside each institution (README: Privacy)")
+    noise_multiplier: float = _opt(1.0, "DP-SGD: noise std over max_grad_norm", low=0,
+                                   low_open=True)
+    target_epsilon: float = _opt(0.0, "DP-SGD: derive the noise multiplier so that each "
+                                 "institution ends at this epsilon (0 = use "
+                                 "noise_multiplier)", low=0)
+    max_grad_norm: float = _opt(1.0, "DP-SGD: per-example clipping norm", low=0,
+                                low_open=True)
+    delta: float = _opt(0.0, "DP-SGD: delta per institution (0 = 1/(10 n) for its n "
+                        "training examples)", low=0, high=1)
+    max_epsilon: float = _opt(0.0, "DP-SGD: an institution whose next round would exceed "
+                              "this epsilon stops training (0 = no budget)", low=0)
+
+
+@dataclass(frozen=True)
 class FaultsSection:
     crash: str = _opt("", "comma-separated institutions whose client raises in training "
                       "(fault injection)")
@@ -182,6 +198,7 @@ class Scenario:
     strategy: StrategySection = field(default_factory=StrategySection)
     simulation: SimulationSection = field(default_factory=SimulationSection)
     output: OutputSection = field(default_factory=OutputSection)
+    privacy: PrivacySection = field(default_factory=PrivacySection)
     faults: FaultsSection = field(default_factory=FaultsSection)
 
     # -- views -------------------------------------------------------------------------

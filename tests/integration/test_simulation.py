@@ -210,3 +210,36 @@ def test_other_scopes_train_and_send_only_their_arrays(tmp_path, cache_dir, scop
     assert summary["model"]["shared_parameters"] == shared
     assert summary["bytes"]["per_round_up"] == 4 * shared * 4  # 4 institutions, float32
     assert summary["final"]["global"]["accuracy"] > 1 / 8
+
+
+def test_dp_sgd_accounts_per_institution_and_stops_at_the_budget(tmp_path, cache_dir):
+    from tests.unit.test_dpsgd import independent_epsilon
+
+    proc, runs = run_scenario(tmp_path, cache_dir, "smoke.toml", "scenario.rounds=3",
+                              "privacy.dp=true", "privacy.max_epsilon=10")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "privacy spent per institution" in proc.stdout
+    run = runs[0]
+    summary = json.loads((run / "summary.json").read_text())
+    report = summary["privacy"]["institutions"]
+    assert set(report) == {"bank-1", "bank-2", "hospital-1", "hospital-2"}
+    stopped = {n for n, v in report.items() if v["stopped_by_budget"]}
+    assert stopped and stopped != set(report)  # some stop, the run goes on with the rest
+    for v in report.values():
+        # the reported epsilon is what an independent accountant gives for the run's own
+        # noise multiplier, sampling rate, steps and delta
+        assert v["epsilon"] == pytest.approx(independent_epsilon(
+            v["noise_multiplier"], v["sampling_rate"], v["steps"], v["delta"]), rel=0.01)
+        assert v["epsilon"] <= 10
+        n = round(32 / v["sampling_rate"])  # q = batch_size / n
+        assert v["delta"] == pytest.approx(1 / (10 * n), rel=0.05) and v["delta"] < 1 / n
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    eps = {n: [r["institutions"][n]["privacy"]["epsilon"] for r in rows] for n in report}
+    for n, series in eps.items():
+        assert series == sorted(series)  # spent privacy only grows
+        if n in stopped:  # a stopped institution no longer trains: weight 0, same epsilon
+            last = rows[-1]["institutions"][n]
+            assert last["train_examples"] == 0 and series[-1] == series[-2]
+    proc = fedsilo("privacy", str(run), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0
+    assert "bank-1" in proc.stdout and "accountant: RDP" in proc.stdout

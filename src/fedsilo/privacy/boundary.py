@@ -20,6 +20,9 @@ from flwr.app import Message
 INFO_KEYS = {"institution", "kind", "index", "labels", "num-train", "num-test"}
 TRAIN_METRICS = {"num-examples", "institution-id", "train-loss", "train-loss-first-epoch",
                  "steps", "train-time-s"}
+# with privacy.dp: what the institution spent (its own accounting, reported to the server)
+DP_METRICS = {"dp-epsilon", "dp-delta", "dp-noise-multiplier", "dp-max-grad-norm",
+              "dp-sampling-rate", "dp-steps", "dp-stopped"}
 EVAL_METRICS = {"num-examples", "institution-id", "loss", "accuracy", "macro-f1",
                 "confusion", "eval-time-s"}
 
@@ -43,7 +46,7 @@ def check_reply(received: Message, reply: Message) -> list[str]:
     if set(metrics) != {"metrics"}:
         problems.append(f"metric records {sorted(metrics)} (expected ['metrics'])")
     else:
-        declared = TRAIN_METRICS if kind == "train" else EVAL_METRICS
+        declared = TRAIN_METRICS | DP_METRICS if kind == "train" else EVAL_METRICS
         extra = set(metrics["metrics"].keys()) - declared
         if extra:
             problems.append(f"undeclared metrics {sorted(extra)}")

@@ -155,6 +155,20 @@ def final_table(summary: dict) -> str:
     return format_table(rows, ["institution", "kind", "test", "accuracy", "macro-F1"])
 
 
+def privacy_table(summary: dict) -> str | None:
+    """Per institution: mechanism parameters and the privacy spent (None without DP)."""
+    insts = (summary.get("privacy") or {}).get("institutions") or {}
+    if not insts:
+        return None
+    rows = [[n, v["epsilon"], f"{v['delta']:.2e}", v["noise_multiplier"], v["max_grad_norm"],
+             v["sampling_rate"], v["steps"], "yes" if v["stopped_by_budget"] else "no"]
+            for n, v in insts.items()]
+    first = next(iter(insts.values()))
+    return (format_table(rows, ["institution", "epsilon", "delta", "noise", "clip C",
+                                "sampling q", "steps", "budget spent"])
+            + f"\nmechanism: {first['mechanism']}\naccountant: {first['accountant']}")
+
+
 def plot_accuracy(run_dir: Path, rows: list[dict], max_lines: int = 10) -> Path | None:
     """accuracy.png: accuracy against rounds, overall and per institution.
 

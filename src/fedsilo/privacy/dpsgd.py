@@ -1,0 +1,130 @@
+"""Record-level differential privacy inside one institution: DP-SGD with honest accounting.
+
+Each step samples every local training example independently with probability
+q = train.batch_size / n (Poisson sampling, which the accounting assumes), clips each
+example's gradient over the trainable scope to L2 norm ``privacy.max_grad_norm`` (C), sums,
+adds Gaussian noise N(0, (sigma * C)^2) to every coordinate, and divides by the expected
+batch size q * n. A round runs round(local_epochs / q) such steps. The privacy spent is
+accounted with Renyi DP for the sampled Gaussian mechanism (Opacus' compute_rdp) over
+every step the institution has taken in every round, at delta = ``privacy.delta`` (default
+1 / (10 n), below 1/n).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedsilo.config import PrivacySection, TrainSection
+
+MECHANISM = ("DP-SGD: Poisson sampling, per-example clipping, Gaussian noise "
+             "(record level, per institution)")
+# Integer orders only: there, Opacus' RDP of the sampled Gaussian and Google's
+# dp_accounting agree to 1e-14; at fractional orders they differ by up to ~2%, and the
+# integer-order bound is the conservative (larger) one.
+ORDERS = [*range(2, 64), 80, 128, 256, 512]
+ACCOUNTANT = ("RDP of the sampled Gaussian mechanism (Opacus compute_rdp), integer orders "
+              "2-63, 80, 128, 256, 512")
+
+
+def epsilon(noise_multiplier: float, q: float, steps: int, delta: float) -> float:
+    """(epsilon at ``delta``) after ``steps`` sampled Gaussian steps."""
+    if steps == 0:
+        return 0.0
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+    rdp = compute_rdp(q=q, noise_multiplier=noise_multiplier, steps=steps, orders=ORDERS)
+    eps, _ = get_privacy_spent(orders=ORDERS, rdp=rdp, delta=delta)
+    return float(eps)
+
+
+def noise_for_target(target_epsilon: float, q: float, steps: int, delta: float) -> float:
+    """The smallest noise multiplier (to 0.1%) whose epsilon after ``steps`` is <= target."""
+    lo, hi = 0.05, 1.0
+    while epsilon(hi, q, steps, delta) > target_epsilon:
+        hi *= 2
+        if hi > 1e4:
+            raise ValueError(f"privacy.target_epsilon {target_epsilon} is out of reach")
+    while hi - lo > 1e-3 * hi:
+        mid = (lo + hi) / 2
+        if epsilon(mid, q, steps, delta) > target_epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+@dataclass
+class DPPlan:
+    """What one institution's DP-SGD does, fixed for the whole run."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    sampling_rate: float
+    steps_per_round: int
+    delta: float
+
+    def epsilon_after(self, steps: int) -> float:
+        return epsilon(self.noise_multiplier, self.sampling_rate, steps, self.delta)
+
+    def report(self, steps: int, stopped: bool) -> dict:
+        return {"mechanism": MECHANISM, "accountant": ACCOUNTANT,
+                "epsilon": self.epsilon_after(steps), "delta": self.delta,
+                "noise_multiplier": self.noise_multiplier,
+                "max_grad_norm": self.max_grad_norm, "sampling_rate": self.sampling_rate,
+                "steps": steps, "stopped_by_budget": stopped}
+
+
+def plan(p: PrivacySection, t: TrainSection, n: int, rounds: int) -> DPPlan:
+    """The institution's plan: q from the batch size, sigma given or derived from the
+    target epsilon over all its rounds."""
+    q = min(1.0, t.batch_size / n)
+    steps = max(1, round(t.local_epochs / q))
+    delta = p.delta if p.delta > 0 else 1.0 / (10 * n)
+    sigma = p.noise_multiplier
+    if p.target_epsilon > 0:
+        sigma = noise_for_target(p.target_epsilon, q, steps * rounds, delta)
+    return DPPlan(sigma, p.max_grad_norm, q, steps, delta)
+
+
+def dp_train(model, source, labels: np.ndarray, t: TrainSection, dp: DPPlan, seed: int,
+             device: torch.device) -> tuple[float, int]:
+    """One round of DP-SGD on ``model``'s trainable scope; returns (mean loss, steps)."""
+    model.to(device)
+    model.train_mode()
+    named = model.trainable()
+    params = list(named.values())
+    if t.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed) % (2**63))
+    torch.manual_seed(seed)
+    n = len(source)
+    y_all = torch.as_tensor(labels, dtype=torch.long)
+    losses = []
+    for _ in range(dp.steps_per_round):
+        idx = np.flatnonzero(rng.random(n) < dp.sampling_rate)
+        summed = [torch.zeros_like(p) for p in params]
+        for i in idx:  # per-example gradients, each clipped to max_grad_norm
+            loss = nn.functional.cross_entropy(model.logits(source.rows(np.array([i]))),
+                                               y_all[i:i + 1].to(device))
+            grads = torch.autograd.grad(loss, params)
+            norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads))
+            scale = min(1.0, dp.max_grad_norm / (float(norm) + 1e-12))
+            for s, g in zip(summed, grads, strict=True):
+                s.add_(g, alpha=scale)
+            losses.append(float(loss.detach()))
+        expected = dp.sampling_rate * n
+        for p, s in zip(params, summed, strict=True):
+            noise = torch.normal(0.0, dp.noise_multiplier * dp.max_grad_norm, size=p.shape,
+                                 generator=gen).to(device)
+            p.grad = (s + noise) / expected
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return (float(np.mean(losses)) if losses else math.nan), dp.steps_per_round
