@@ -119,6 +119,10 @@ def _run_all(base, combos: list[dict], sweep_dir: Path, verbose: bool) -> None:
             row.update(run=outcome.run_dir.name, accuracy=sm["final"]["global"]["accuracy"],
                        macro_f1=sm["final"]["global"]["macro_f1"],
                        worst_accuracy=min(accs) if accs else None)
+            spent = [v["epsilon"] for v in
+                     (sm.get("privacy") or {}).get("institutions", {}).values()]
+            if spent:  # the weakest guarantee in the federation
+                row["max_epsilon"] = max(spent)
         except (RunFailed, ConfigError) as exc:
             row.update(run=None, error=str(exc))
             print(f"sweep run {i} failed: {exc}", flush=True)
@@ -128,21 +132,49 @@ def _run_all(base, combos: list[dict], sweep_dir: Path, verbose: bool) -> None:
     (sweep_dir / "sweep.md").write_text(table + "\n")
     print("\n" + table)
     plot_sweep(rows, sweep_dir / "sweep.png")
+    if any("max_epsilon" in r for r in rows):
+        plot_privacy_utility(rows, sweep_dir / "privacy_utility.png")
+
+
+RESULT_KEYS = ("run", "accuracy", "macro_f1", "worst_accuracy", "max_epsilon", "error")
 
 
 def sweep_table(rows: list[dict]) -> str:
-    keys = [k for k in rows[0] if k not in ("run", "accuracy", "macro_f1", "worst_accuracy",
-                                            "error")]
+    keys = [k for k in rows[0] if k not in RESULT_KEYS]
+    private = any("max_epsilon" in r for r in rows)
     body = [[r[k] for k in keys] + [r.get("macro_f1", "failed"), r.get("worst_accuracy", "-"),
-                                    r.get("accuracy", "-")] for r in rows]
+                                    r.get("accuracy", "-")]
+            + ([r.get("max_epsilon", "-")] if private else []) for r in rows]
     return results.format_table(body, keys + ["final macro-F1", "worst inst acc",
-                                               "final acc"])
+                                               "final acc"]
+                                + (["epsilon (max inst)"] if private else []))
+
+
+def plot_privacy_utility(rows: list[dict], path: Path) -> Path:
+    """Final macro-F1 against the largest epsilon any institution spent."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = sorted((r["max_epsilon"], r["macro_f1"]) for r in rows
+                 if r.get("max_epsilon") is not None and r.get("macro_f1") is not None)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
+    ax.set_xscale("log")
+    ax.set_xlabel("epsilon (largest over institutions)")
+    ax.set_ylabel("final global macro-F1")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot_sweep(rows: list[dict], path: Path) -> Path | None:
     """Final macro-F1 against the first grid key, one line per value of the others."""
-    keys = [k for k in rows[0] if k not in ("run", "accuracy", "macro_f1", "worst_accuracy",
-                                            "error")]
+    keys = [k for k in rows[0] if k not in RESULT_KEYS]
     if not keys:
         return None
     import matplotlib

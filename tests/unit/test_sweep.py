@@ -58,3 +58,16 @@ def test_table_marks_failed_runs():
             {"strategy.name": "krum", "run": None, "error": "boom"}]
     text = sweep_table(rows)
     assert "0.880" in text and "failed" in text
+
+
+def test_the_privacy_utility_sweep_plans_five_dp_runs():
+    base, combos = plan(str(CONFIGS / "sweeps" / "privacy_utility.toml"), [], [])
+    assert base.privacy.dp and [c["privacy.noise_multiplier"] for c in combos] == [
+        0.5, 1.0, 2.0, 4.0, 8.0]
+
+
+def test_table_shows_epsilon_when_runs_were_private():
+    rows = [{"privacy.noise_multiplier": 1.0, "run": "r", "accuracy": 0.8, "macro_f1": 0.7,
+             "worst_accuracy": 0.6, "max_epsilon": 3.25}]
+    text = sweep_table(rows)
+    assert "epsilon (max inst)" in text and "3.250" in text
