@@ -63,7 +63,7 @@ def test_arrays_of_another_scope_or_shape_are_refused(tiny):
 def test_tiny_bert_is_built_locally_and_encodes(tiny, cache_dir):
     ref, tok, _ = tiny
     assert ref.hidden_size == 64
-    assert (cache_dir / "tiny-bert-v1" / "tokenizer.json").is_file()
+    assert (cache_dir / "tiny-bert-v2" / "tokenizer.json").is_file()
     pooled = _model(tiny).prefix(["my card was stolen", "I need an appointment"]).pooled
     assert pooled.shape == (2, 64) and torch.isfinite(pooled).all()
     assert not torch.allclose(pooled[0], pooled[1])

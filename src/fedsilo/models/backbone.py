@@ -23,7 +23,7 @@ import torch
 
 from fedsilo.config import ConfigError
 
-TINY_VERSION = "v1"
+TINY_VERSION = "v2"
 
 
 @dataclass(frozen=True)
@@ -133,10 +133,17 @@ def load(location: str) -> tuple[object, torch.nn.Module]:
 
 
 def build_tiny_bert(target: Path) -> Path:
-    """Build (once) a 2-layer BERT with a WordPiece vocabulary trained on local text."""
+    """Build (once) a 2-layer BERT with a WordPiece vocabulary made from local text.
+
+    Deterministic: the vocabulary is every character (alone and as a ``##`` suffix piece)
+    plus the most frequent words of the synthetic corpus, ties broken alphabetically, so
+    the same files come out on every machine.
+    """
     if (target / "config.json").is_file():
         return target
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from collections import Counter
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     from fedsilo.data import synthetic
@@ -147,20 +154,28 @@ def build_tiny_bert(target: Path) -> Path:
             corpus.extend(templates)
     for values in synthetic.SLOTS.values():
         corpus.extend(values)
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=1500, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    tok.train_from_iterator(corpus, trainer)
+    norm = normalizers.BertNormalizer(lowercase=True)
+    split = pre_tokenizers.BertPreTokenizer()
+    words = Counter(w for text in corpus
+                    for w, _ in split.pre_tokenize_str(norm.normalize_str(text)))
+    chars = sorted({c for w in words for c in w})
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = specials + chars + [f"##{c}" for c in chars]
+    frequent = sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))
+    known = set(vocab)
+    vocab += [w for w, _ in frequent if w not in known][:1500 - len(vocab)]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
+    tok = Tokenizer(models.WordPiece(vocab={w: i for i, w in enumerate(vocab)},
+                                     unk_token="[UNK]"))
+    tok.normalizer = norm
+    tok.pre_tokenizer = split
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", vocab.index("[CLS]")), ("[SEP]", vocab.index("[SEP]"))])
     fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
                              cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-    from tokenizers import processors
-
-    fast.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", fast.cls_token_id), ("[SEP]", fast.sep_token_id)])
-    config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, num_hidden_layers=2,
+    config = BertConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=128,
                         max_position_embeddings=128)
     from transformers.utils import logging as hf_logging
@@ -168,8 +183,6 @@ def build_tiny_bert(target: Path) -> Path:
     hf_logging.disable_progress_bar()
     torch.manual_seed(0)
     model = BertModel(config)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
     model.save_pretrained(tmp)
     fast.save_pretrained(tmp)
     try:
