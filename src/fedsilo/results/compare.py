@@ -86,16 +86,16 @@ def plot(data: dict, path: Path) -> Path:
     names = list(data["institutions"]) + ["ALL"]
     runs = data["runs"]
     width = 0.8 / len(runs)
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4.2 + 0.25 * len(runs)))
     x = np.arange(len(names))
     for j, run in enumerate(runs):
         ys = [data["institutions"][n][2 * j] for n in names[:-1]] + [data["overall"][2 * j]]
         ax.bar(x + (j - (len(runs) - 1) / 2) * width, ys, width, label=run)
     ax.set_xticks(x, names, rotation=30, ha="right")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("accuracy (own test split; ALL: federation-wide)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=1)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
