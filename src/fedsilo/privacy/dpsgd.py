@@ -12,6 +12,7 @@ every step the institution has taken in every round, at delta = ``privacy.delta`
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -42,6 +43,7 @@ def epsilon(noise_multiplier: float, q: float, steps: int, delta: float) -> floa
     return float(eps)
 
 
+@functools.lru_cache(maxsize=256)  # asked again by each institution every round
 def noise_for_target(target_epsilon: float, q: float, steps: int, delta: float) -> float:
     """The smallest noise multiplier (to 0.1%) whose epsilon after ``steps`` is <= target."""
     lo, hi = 0.05, 1.0
