@@ -12,6 +12,7 @@ import torch
 from fedsilo.config import PrivacySection, TrainSection
 from fedsilo.privacy import dpsgd
 from fedsilo.training.features import CachedFeatures
+from tests.unit.helpers import LinearHead
 
 
 def independent_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
@@ -50,26 +51,11 @@ def test_plan_defaults_delta_below_one_over_n_and_samples_by_batch():
     assert p.sampling_rate == pytest.approx(0.1) and p.steps_per_round == 20
 
 
-class _Lin(torch.nn.Module):
-    def __init__(self, d: int, k: int):
-        super().__init__()
-        self.head = torch.nn.Linear(d, k, bias=False)
-
-    def trainable(self):
-        return dict(self.named_parameters())
-
-    def train_mode(self):
-        self.train()
-
-    def logits(self, batch):
-        return self.head(batch.pooled)
-
-
 def test_the_noise_added_has_the_configured_standard_deviation():
     # zero features: every per-example gradient is 0, so an SGD step (lr 1) moves the
     # weights by exactly -noise / (q n)
     n, d, k = 50, 40, 25
-    model = _Lin(d, k)
+    model = LinearHead(d, k)
     w0 = model.head.weight.detach().clone()
     plan = dpsgd.DPPlan(noise_multiplier=1.5, max_grad_norm=0.8, sampling_rate=0.2,
                         steps_per_round=1, delta=1e-5)
@@ -93,7 +79,7 @@ def test_every_examples_gradient_is_clipped():
     d, k, c = 6, 3, 0.5
     t = TrainSection(optimizer="sgd", lr=1.0)
     for n in (1, 7):
-        model = _Lin(d, k)
+        model = LinearHead(d, k)
         w0 = model.head.weight.detach().clone()
         x = torch.randn(n, d) * 1000
         plan = dpsgd.DPPlan(noise_multiplier=1e-9, max_grad_norm=c, sampling_rate=1.0,

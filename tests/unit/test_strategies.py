@@ -19,6 +19,7 @@ from fedsilo.config import ConfigError, Scenario, TrainSection
 from fedsilo.faults import attack_update, flip_labels
 from fedsilo.training import scaffold as sc
 from strategies import RoundLedger, build_strategy
+from tests.unit.helpers import LinearHead
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 ROSTER = {10 + i: {"institution": f"inst-{i}", "kind": "bank", "index": i} for i in range(5)}
@@ -184,30 +185,13 @@ def test_scaffold_needs_sgd():
         Scenario().replace(**{"strategy.name": "scaffold"})
 
 
-class _Lin(torch.nn.Module):
-    """A bias-free linear head with the interface local_train expects of a model."""
-
-    def __init__(self, num_labels: int):
-        super().__init__()
-        self.head = torch.nn.Linear(2, num_labels, bias=False)
-
-    def trainable(self):
-        return dict(self.named_parameters())
-
-    def train_mode(self):
-        self.train()
-
-    def logits(self, batch):
-        return self.head(batch.pooled)
-
-
 def test_fedprox_term_is_mu_over_two_times_the_squared_norm():
     """One SGD step with mu > 0 moves w by lr * (grad + mu * (w - w_global))."""
     from fedsilo.training import local_train
     from fedsilo.training.features import CachedFeatures
 
     torch.manual_seed(0)
-    a, b = _Lin(2), _Lin(2)
+    a, b = LinearHead(2, 2), LinearHead(2, 2)
     b.load_state_dict(a.state_dict())
     x = torch.tensor([[1.0, -1.0]])
     feats = CachedFeatures({"pooled": x})
@@ -278,7 +262,7 @@ def test_scaffold_client_correction_by_hand():
     from fedsilo.training.features import CachedFeatures
 
     torch.manual_seed(0)
-    model = _Lin(3)
+    model = LinearHead(2, 3)
     w0 = model.head.weight.detach().clone()
     x = torch.tensor([[0.5, -1.0], [2.0, 1.0]])
     labels = np.array([2, 0])
