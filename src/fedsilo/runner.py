@@ -180,74 +180,81 @@ def simulate(s: Scenario, verbose: bool = False) -> RunOutcome:
     token = os.environ[RUN_TOKEN] = uuid.uuid4().hex  # inherited by every Ray process
     ray_tmp, ray_tmp_is_temporary = ray_temp_dir(cache_dir)
     handler = None
-    failed: BaseException | None = None
     try:
-        from flwr.app import Context, RecordDict
-        from flwr.simulation.run_simulation import _run_simulation
+        with results.RunDirectory(run_dir, describe=_describe_failure) as rd:
+            try:
+                handler = _flower_logging(run_dir / "flower.log", verbose)
+                _launch(s, fed, device, run_dir, cache_dir, ray_tmp, verbose)
+                summary = check_outcome(s, run_dir, fed.names())
+                summary["command_wall_time_s"] = time.time() - t0
+                if summary.get("first_round_started_at"):
+                    summary["startup_s"] = summary["first_round_started_at"] - t0
+                    st = summary.setdefault("startup", {})
+                    st["preflight_s"] = t_preflight - t0
+                    if "server_started_at" in st:  # Ray and the simulation runtime
+                        st["runtime_start_s"] = st["server_started_at"] - t_preflight
+                results.write_json(run_dir / "summary.json", summary)
+            finally:
+                _stop_everything(token, handler, ray_tmp if ray_tmp_is_temporary else None)
+    except BaseException as exc:  # noqa: BLE001 - reported in one line, then re-raised
+        cause = _root_cause(exc)
+        if isinstance(cause, (KeyboardInterrupt, ConfigError)):
+            raise cause from None
+        raise RunFailed(f"{cause} (details: {_shown(rd.final)}/flower.log)") from cause
+    return RunOutcome(rd.final, json.loads((rd.final / "summary.json").read_text()))
 
-        from fedsilo.flower_compat import new_run
 
-        handler = _flower_logging(run_dir / "flower.log", verbose)
-        app_dir = write_app_dir(cache_dir)
-        run = new_run(s.flat())
-        ctx = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(),
-                      run_config=s.flat())
-        gpus = s.simulation.gpus_per_client if device.type == "cuda" else 0.0
-        init_args = {"_temp_dir": str(ray_tmp), "include_dashboard": False,
-                     "logging_level": logging.DEBUG if verbose else logging.ERROR,
-                     "log_to_driver": verbose}
-        if s.simulation.num_cpus:
-            init_args["num_cpus"] = s.simulation.num_cpus
-        backend_config = {"client_resources": {"num_cpus": s.simulation.cpus_per_client,
-                                               "num_gpus": gpus},
-                          "init_args": init_args}
-        print(f"fedsilo: {s.scenario.name}: {len(fed.institutions)} institutions, "
-              f"{s.scenario.rounds} rounds, backbone '{s.model.backbone}', scope "
-              f"'{s.model.scope}', device {device.type}; run directory {run_dir.name}",
-              flush=True)
-        _run_simulation(num_supernodes=len(fed.institutions), exit_event=_exit_event(),
-                        backend_config=backend_config, client_app_attr=CLIENT_APP,
-                        server_app_attr=SERVER_APP, server_app_context=ctx,
-                        app_dir=str(app_dir), run=run, verbose_logging=verbose,
-                        is_app=True)
-        summary = check_outcome(s, run_dir, fed.names())
-        summary["command_wall_time_s"] = time.time() - t0
-        if summary.get("first_round_started_at"):
-            summary["startup_s"] = summary["first_round_started_at"] - t0
-            st = summary.setdefault("startup", {})
-            st["preflight_s"] = t_preflight - t0
-            if "server_started_at" in st:  # Ray and the simulation runtime starting
-                st["runtime_start_s"] = st["server_started_at"] - t_preflight
-        results.write_json(run_dir / "summary.json", summary)
-    except BaseException as exc:  # noqa: BLE001 - everything is reported, then re-raised
-        failed = exc
-    finally:
-        with contextlib.suppress(Exception):
-            import ray
+def _launch(s: Scenario, fed, device, run_dir: Path, cache_dir: Path, ray_tmp: Path,
+            verbose: bool) -> None:
+    """The ServerApp and ClientApps by reference, on Flower's simulation runtime."""
+    from flwr.app import Context, RecordDict
+    from flwr.simulation.run_simulation import _run_simulation
 
-            if ray.is_initialized():
-                ray.shutdown()
-        kill_leftovers(token)
-        os.environ.pop(RUN_TOKEN, None)
-        if handler is not None:
-            logging.getLogger("flwr").removeHandler(handler)
-            handler.close()
-        if ray_tmp_is_temporary:
-            shutil.rmtree(ray_tmp, ignore_errors=True)
-    if failed is None:
-        final = results.final_name(run_dir, failed=False)
-        run_dir.rename(final)
-        return RunOutcome(final, json.loads((final / "summary.json").read_text()))
-    cause = _root_cause(failed)
-    final = results.final_name(run_dir, failed=True)
-    reason = ("interrupted" if isinstance(cause, KeyboardInterrupt)
-              else f"{type(cause).__name__}: {cause}")
-    with contextlib.suppress(OSError):
-        (run_dir / "error.txt").write_text(reason + "\n")
-        run_dir.rename(final)
-    if isinstance(cause, (KeyboardInterrupt, ConfigError)):
-        raise cause
-    raise RunFailed(f"{cause} (details: {_shown(final)}/flower.log)") from cause
+    from fedsilo.flower_compat import new_run
+
+    app_dir = write_app_dir(cache_dir)
+    run = new_run(s.flat())
+    ctx = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(),
+                  run_config=s.flat())
+    gpus = s.simulation.gpus_per_client if device.type == "cuda" else 0.0
+    init_args = {"_temp_dir": str(ray_tmp), "include_dashboard": False,
+                 "logging_level": logging.DEBUG if verbose else logging.ERROR,
+                 "log_to_driver": verbose}
+    if s.simulation.num_cpus:
+        init_args["num_cpus"] = s.simulation.num_cpus
+    backend_config = {"client_resources": {"num_cpus": s.simulation.cpus_per_client,
+                                           "num_gpus": gpus},
+                      "init_args": init_args}
+    print(f"fedsilo: {s.scenario.name}: {len(fed.institutions)} institutions, "
+          f"{s.scenario.rounds} rounds, backbone '{s.model.backbone}', scope "
+          f"'{s.model.scope}', device {device.type}; run directory {run_dir.name}",
+          flush=True)
+    _run_simulation(num_supernodes=len(fed.institutions), exit_event=_exit_event(),
+                    backend_config=backend_config, client_app_attr=CLIENT_APP,
+                    server_app_attr=SERVER_APP, server_app_context=ctx,
+                    app_dir=str(app_dir), run=run, verbose_logging=verbose, is_app=True)
+
+
+def _stop_everything(token: str, handler, ray_tmp: Path | None) -> None:
+    """Whatever happened: Ray down, every process of the run gone, logs closed."""
+    with contextlib.suppress(Exception):
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    kill_leftovers(token)
+    os.environ.pop(RUN_TOKEN, None)
+    if handler is not None:
+        logging.getLogger("flwr").removeHandler(handler)
+        handler.close()
+    if ray_tmp is not None:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _describe_failure(exc: BaseException) -> str:
+    cause = _root_cause(exc)
+    return "interrupted" if isinstance(cause, KeyboardInterrupt) else \
+        f"{type(cause).__name__}: {cause}"
 
 
 def _shown(p: Path) -> str:

@@ -53,21 +53,21 @@ def final_name(run_dir: Path, failed: bool) -> Path:
 
 class RunDirectory:
     """A run directory that is renamed when the work in it ends: to its final name when
-    the ``with`` block succeeds, to ``<name>.failed`` (with ``error.txt``) when it raises."""
+    the ``with`` block succeeds, to ``<name>.failed`` (with ``error.txt``) when it raises.
+    ``final`` is the new path either way; ``describe`` words the failure for error.txt."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, describe=None):
         self.path = path
         self.final: Path | None = None
+        self.describe = describe or (lambda exc: f"{type(exc).__name__}: {exc}")
 
     def __enter__(self) -> RunDirectory:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        self.final = final_name(self.path, failed=exc is not None)
         if exc is not None:
-            (self.path / "error.txt").write_text(f"{exc_type.__name__}: {exc}\n")
-            self.path.rename(final_name(self.path, failed=True))
-            return False
-        self.final = final_name(self.path, failed=False)
+            (self.path / "error.txt").write_text(self.describe(exc) + "\n")
         self.path.rename(self.final)
         return False
 
