@@ -25,10 +25,13 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.clientapp import ClientApp
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, KEY_NORM_BIT
 
+from clients.secagg import secure_aggregation
 from fedsilo import config
 from fedsilo.faults import attack_update, flip_labels
 from fedsilo.privacy.boundary import append_audit, check_reply, describe_reply
+from fedsilo.privacy.central import clip_update
 from fedsilo.privacy.dpsgd import dp_train
 from fedsilo.privacy.dpsgd import plan as dp_plan
 from fedsilo.silo import features, labels_of, resolve_institution, runtime_for
@@ -46,16 +49,22 @@ def boundary_guard(msg: Message, context: Context, call_next) -> Message:
     scenario = config.from_flat(dict(context.run_config))
     if scenario.output.audit and scenario.output.run_dir:
         _, inst = resolve_institution(scenario, dict(context.node_config))
-        entry = describe_reply(msg, reply) | {"round": msg.content["config"]["server-round"]
-                                        if "config" in msg.content else 0,
-                                        "refused": problems}
+        entry = describe_reply(msg, reply) | {"round": _round_of(msg),
+                                              "refused": problems}
         append_audit(Path(scenario.output.run_dir) / "audit" / f"{inst.name}.jsonl", entry)
     if problems:
         raise RuntimeError(f"reply refused at the privacy boundary: {'; '.join(problems)}")
     return reply
 
 
-app = ClientApp(mods=[boundary_guard])
+# boundary_guard sees exactly what leaves the node: with secure aggregation, masked vectors
+def _round_of(msg: Message) -> int:
+    if "config" in msg.content:
+        return int(msg.content["config"]["server-round"])
+    return int(msg.metadata.group_id) if msg.metadata.group_id.isdigit() else 0
+
+
+app = ClientApp(mods=[boundary_guard, secure_aggregation])
 
 
 class InstitutionFailure(RuntimeError):
@@ -129,6 +138,10 @@ def train(msg: Message, context: Context) -> Message:
         y = _numpy(model.get_arrays())
         if malicious:
             y = attack_update(x, y, scenario.faults, seed)
+        clip = {}
+        if scenario.privacy.central.mode.startswith("client"):  # clipped on the node
+            y, clip = _clip_update(x, y, float(config[KEY_CLIPPING_NORM]),
+                                   scenario.privacy.central.mode == "client-adaptive")
         records = {}
         if scaffold:  # exactly what the protocol needs: the two deltas
             c_new = client_variate(c_i, c, x, y, stats.steps, scenario.train.lr)
@@ -141,6 +154,7 @@ def train(msg: Message, context: Context) -> Message:
             "num-examples": stats.examples, "institution-id": fed.names().index(inst.name),
             "train-loss": stats.loss, "train-loss-first-epoch": stats.first_loss,
             "steps": stats.steps, "train-time-s": time.perf_counter() - t0, **dp_metrics,
+            **clip,
         })
     return Message(RecordDict(records), reply_to=msg)
 
@@ -165,6 +179,13 @@ def _dp_round(scenario, context: Context, model, source, labels, seed, device):
                    "dp-max-grad-norm": dp.max_grad_norm,
                    "dp-sampling-rate": dp.sampling_rate, "dp-steps": spent,
                    "dp-stopped": int(stopped)}
+
+
+def _clip_update(x: dict, y: dict, norm: float, adaptive: bool) -> tuple[dict, dict]:
+    """y with its update y - x clipped to L2 norm ``norm``; with adaptive clipping also the
+    bit saying whether it was clipped (the server adapts the norm from these bits)."""
+    clipped, bit = clip_update(x, y, norm)
+    return clipped, ({KEY_NORM_BIT: int(bit)} if adaptive else {})
 
 
 def _numpy(rec: ArrayRecord) -> dict[str, np.ndarray]:

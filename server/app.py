@@ -8,6 +8,7 @@ import random
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
@@ -17,21 +18,20 @@ from fedsilo.models import Head
 from fedsilo.models import backbone as bb
 from fedsilo.models.scoped import ScopedModel
 from server.record import RunRecorder, TargetReached, _say
-from strategies import ClientFailure, RoundLedger, build_strategy, short_reason
+from strategies import (
+    ClientFailure,
+    PrivacyBudgetSpent,
+    RoundLedger,
+    build_strategy,
+    short_reason,
+)
 
 app = ServerApp()
 
 
-def expected_institutions(s: config.Scenario) -> int | None:
-    """How many institutions the scenario names, when that is known without the data."""
-    if s.data.source == "synthetic" or s.data.partition != "natural":
-        return s.federation.banks + s.federation.hospitals
-    return None
-
-
 def handshake(grid: Grid, s: config.Scenario, wait_s: float = 60.0) -> dict[int, dict]:
     """Ask every node which institution it serves; return node id -> its description."""
-    expected = expected_institutions(s)
+    expected = config.known_institutions(s)
     deadline = time.monotonic() + wait_s
     nodes = list(grid.get_node_ids())
     while expected is not None and len(nodes) < expected and time.monotonic() < deadline:
@@ -116,7 +116,9 @@ def run(grid: Grid, s: config.Scenario, run_dir: Path) -> None:
 
     ledger = RoundLedger(roster)
     recorder = RunRecorder(s, run_dir, ledger, labels, startup)
-    strategy = build_strategy(s, ledger, num_nodes=len(roster))
+    strategy = build_strategy(s, ledger, num_nodes=len(roster),
+                              max_weight=max(int(i["num-train"]) for i in roster.values()))
+    np.random.seed(s.scenario.seed)  # Flower's DP wrappers draw their noise from numpy
     strategy.on_round_start = recorder.on_round_start
     recorder.strategy = strategy
     try:
@@ -128,8 +130,14 @@ def run(grid: Grid, s: config.Scenario, run_dir: Path) -> None:
         final = result.arrays
     except TargetReached:
         final = recorder.last_arrays
+    except PrivacyBudgetSpent as exc:
+        if recorder.last_arrays is None:
+            raise
+        _say(f"privacy budget: {exc}: stopping")
+        recorder.stopped_early = True
+        final = recorder.last_arrays
     summary = recorder.finish(final)
     _say("\n" + results.final_table(summary))
     privacy = results.privacy_table(summary)
     if privacy:
-        _say("\nprivacy spent per institution:\n" + privacy)
+        _say("\nprivacy:\n" + privacy)

@@ -113,6 +113,13 @@ class RunRecorder:
         n_train = sum(t["num-examples"] for t in train.values())
         train_loss = (sum(t["train-loss"] * t["num-examples"] for t in train.values())
                       / n_train) if n_train else None
+        extra = {}
+        if server_round in self.ledger.secagg:
+            extra["secagg"] = self.ledger.secagg[server_round]
+        if server_round in self.ledger.central_dp:
+            extra["central_dp"] = self.ledger.central_dp[server_round]
+        if server_round in self.ledger.dropped:
+            extra["dropped"] = self.ledger.dropped[server_round]
         timing = dict(self.ledger.timing.get(server_round, {}))
         timing["client_train_s"] = sum(t.get("train-time-s", 0.0) for t in train.values())
         timing["client_eval_s"] = sum(e.get("eval-time-s", 0.0) for e in evals.values())
@@ -127,6 +134,7 @@ class RunRecorder:
             "wall_time_s": wall,
             "elapsed_s": time.perf_counter() - self.t_start,
             "timing": timing,
+            **extra,
         }
 
     def _checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
@@ -148,21 +156,52 @@ class RunRecorder:
         tl = f"{g['train_loss']:.3f}" if g["train_loss"] is not None else "-"
         worst = min((v["accuracy"] for v in row["institutions"].values()
                      if v["accuracy"] is not None), default=float("nan"))
+        notes = ""
+        if "central_dp" in row:
+            notes += f"  eps {row['central_dp'].get('epsilon', 0.0):.2f}"
+        dropped = (row.get("secagg") or {}).get("dropped") or row.get("dropped")
+        if dropped:
+            notes += f"  dropped: {', '.join(dropped)}"
         _say(f"round {r:>3}/{total}  acc {g['accuracy']:.3f}  macro-F1 {g['macro_f1']:.3f}  "
              f"worst inst acc {worst:.3f}  test loss {g['loss']:.3f}  train loss {tl}  "
-             f"{row['wall_time_s']:.1f}s  {eta}")
+             f"{row['wall_time_s']:.1f}s  {eta}{notes}")
 
     def _privacy(self) -> dict:
-        """Per institution, the accounting from the last round it reported."""
-        if not self.s.privacy.dp:
-            return {"institutions": {}, "server": None,
-                    "note": "no differential privacy (privacy.dp = false)"}
+        """Per institution, the accounting from the last round it reported; the server
+        mechanism's; and secure aggregation's parameters and cost."""
+        p = self.s.privacy
         last: dict[str, dict] = {}
         for row in self.rows:
             for name, v in row["institutions"].items():
                 if "privacy" in v:
                     last[name] = v["privacy"]
-        return {"institutions": last, "server": None}
+        out: dict = {"institutions": last, "server": None, "secure_aggregation": None}
+        account = getattr(self.strategy, "account", None)
+        if account is not None:
+            used = [r["central_dp"] for r in self.rows if "central_dp" in r]
+            out["server"] = account.report(
+                clip_norm=used[-1]["clipping_norm"] if used else p.central.clip_norm,
+                update_noise_multiplier=used[-1]["update_noise_multiplier"] if used
+                else p.central.noise_multiplier,
+                clipped_count_std=getattr(self.strategy, "clipped_count_stddev", None))
+        if p.secagg.enabled:
+            rounds = [r["secagg"] for r in self.rows if "secagg" in r]
+            out["secure_aggregation"] = {
+                "protocol": "SecAgg+ (Flower's secaggplus_mod on each node)",
+                "shares": rounds[-1]["shares"] if rounds else None,
+                "threshold": rounds[-1]["threshold"] if rounds else None,
+                "clip_range": p.secagg.clip_range,
+                "quantization_bits": p.secagg.quantization_bits,
+                "rounds_with_dropouts": sum(1 for r in rounds if r["dropped"]),
+                "mean_bytes_up": float(np.mean([r["bytes_up"] for r in rounds]))
+                if rounds else 0.0,
+                "mean_bytes_down": float(np.mean([r["bytes_down"] for r in rounds]))
+                if rounds else 0.0}
+        if not (last or out["server"] or out["secure_aggregation"]):
+            out["note"] = ("no differential privacy or secure aggregation (privacy.dp = "
+                           "false, privacy.central.mode = 'off', privacy.secagg.enabled = "
+                           "false)")
+        return out
 
     # -- end of run -------------------------------------------------------------------
     def finish(self, arrays: ArrayRecord) -> dict:

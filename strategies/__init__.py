@@ -8,6 +8,7 @@ metrics from summed confusion matrices, and turns any client error or missing re
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Iterable
@@ -17,10 +18,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp import strategy as fl
 
-from fedsilo.config import Scenario
+from fedsilo.config import Scenario, sampled_per_round
 from fedsilo.metrics import confusion_from_flat, scores_from_confusion
 from fedsilo.models import arrays_nbytes
+from fedsilo.privacy.central import CentralAccount, clip_update
 from strategies.scaffold import Scaffold
+from strategies.secagg import SecureAggregation
 
 # How clients/app.py words a failure; Ray wraps it in a traceback on its way to the server.
 _OWN_FAILURE = re.compile(r"institution '[^'\n]+' \([a-z]+\) failed in [^\n]*")
@@ -71,6 +74,9 @@ class RoundLedger:
         self.bytes_down: dict[int, int] = {}
         self.bytes_up: dict[int, int] = {}
         self.sent: dict[tuple[int, str], list[int]] = {}
+        self.dropped: dict[int, dict[str, str]] = {}  # round -> institution -> why
+        self.secagg: dict[int, dict] = {}  # round -> the protocol's cost and survivors
+        self.central_dp: dict[int, dict] = {}  # round -> clipping norm and noise used
         # seconds per round: phase wall time (send -> all replies in) and aggregation
         self.timing: dict[int, dict[str, float]] = {}
         self._phase_start: dict[tuple[int, str], float] = {}
@@ -79,8 +85,11 @@ class RoundLedger:
         info = self.roster.get(node_id)
         return info["institution"] if info else f"node {node_id}"
 
-    def check(self, server_round: int, stage: str, replies: list[Message]) -> list[Message]:
-        """Raise ClientFailure if any sampled institution errored or did not reply."""
+    def check(self, server_round: int, stage: str, replies: list[Message],
+              tolerate: bool = False) -> list[Message]:
+        """Raise ClientFailure if any sampled institution errored or did not reply; with
+        ``tolerate`` (secure aggregation's training stage) record them as dropped instead,
+        and let the protocol decide whether the round can finish."""
         problems = []
         replied = set()
         for msg in replies:
@@ -96,6 +105,11 @@ class RoundLedger:
             if node not in replied:
                 problems.append(f"institution '{self.name_of(node)}' sent no {stage} reply "
                                 f"in round {server_round} (timed out)")
+        if problems and tolerate:
+            for p in problems:
+                name = re.match(r"institution '([^']+)'", p)
+                self.dropped.setdefault(server_round, {})[name.group(1) if name else p] = p
+            return replies
         if problems:
             raise ClientFailure("; ".join(problems))
         return replies
@@ -104,6 +118,8 @@ class RoundLedger:
         book = self.train if stage == "training" else self.evaluate
         rows = book.setdefault(server_round, {})
         for msg in replies:
+            if msg.has_error():
+                continue
             metrics = dict(next(iter(msg.content.metric_records.values())))
             name = self.by_index[int(metrics["institution-id"])]["institution"]
             rows[name] = metrics
@@ -112,10 +128,15 @@ class RoundLedger:
                 self.bytes_up[server_round] = self.bytes_up.get(server_round, 0) + up
 
 
+class PrivacyBudgetSpent(Exception):
+    """The next round would take institution-level DP past privacy.central.max_epsilon."""
+
+
 class Tracked:
     """Mixin for a Flower strategy: bookkeeping and loud failure, aggregation untouched."""
 
     ledger: RoundLedger
+    tolerates_dropouts = False  # True for secure aggregation without institution-level DP
     on_round_start = None  # optional callback(server_round, stage, num_nodes)
     _sent_dtypes: dict = {}
 
@@ -133,23 +154,61 @@ class Tracked:
         t0 = time.perf_counter()
         timing = self.ledger.timing.setdefault(server_round, {})
         timing[f"{stage}_phase_s"] = t0 - self.ledger._phase_start.get((server_round, stage), t0)
-        replies = self.ledger.check(server_round, stage, list(replies))
+        replies = self.ledger.check(server_round, stage, list(replies),
+                                    tolerate=stage == "training" and self.tolerates_dropouts)
         self.ledger.record(server_round, stage, replies)
-        if stage == "training" and replies and all(
+        answered = [m for m in replies if not m.has_error()]
+        if stage == "training" and answered and all(
                 int(next(iter(m.content.metric_records.values()))["num-examples"]) == 0
-                for m in replies):
+                for m in answered):
             raise ClientFailure(f"no institution trained in round {server_round}: every "
                                 f"sampled institution has spent its privacy budget "
                                 f"(privacy.max_epsilon)")
+        if stage == "training" and self.clip_on_server:
+            replies = self._clip_replies(replies)
         out = agg(server_round, replies)
+        if stage == "training" and self.account is not None and out[0] is not None:
+            self.account.rounds += 1
+            self.ledger.central_dp[server_round]["epsilon"] = \
+                self.account.epsilon_after(self.account.rounds)
         if stage == "training" and out[0] is not None:
             out = (_as_sent_dtype(out[0], self._sent_dtypes), out[1])
         timing[f"{stage}_aggregate_s"] = time.perf_counter() - t0
         return out
 
+    account = None  # fedsilo.privacy.central.CentralAccount, with institution-level DP
+    clip_on_server = False  # privacy.central.mode 'server-*'
+    _current: ArrayRecord | None = None
+
+    def _clip_replies(self, replies: list[Message]) -> list[Message]:
+        """Each update clipped to the current norm, with the bit adaptive clipping reads."""
+        x = {k: v.numpy() for k, v in self._current.items()}
+        for msg in replies:
+            if msg.has_error():
+                continue
+            rec = msg.content["arrays"]
+            y, bit = clip_update(x, {k: rec[k].numpy() for k in rec.keys()},
+                                 float(self.clipping_norm))
+            msg.content["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v))
+                                                 for k, v in y.items()})
+            msg.content["metrics"]["norm_bit"] = int(bit)
+        return replies
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._sent_dtypes = {k: v.numpy().dtype for k, v in arrays.items()}
+        self._current = arrays
+        if self.account is not None:  # a DP wrapper: account for the round before it runs
+            if self.account.would_exceed():
+                raise PrivacyBudgetSpent(
+                    f"round {server_round} would take institution-level epsilon to "
+                    f"{self.account.epsilon_after(self.account.rounds + 1):.3f}, past "
+                    f"privacy.central.max_epsilon = {self.account.cfg.max_epsilon}")
+            self.ledger.central_dp[server_round] = {
+                "clipping_norm": float(self.clipping_norm),
+                "update_noise_multiplier": float(self.noise_multiplier),
+                "noise_std": float(self.noise_multiplier * self.clipping_norm
+                                   / self.num_sampled_clients)}
         msgs = super().configure_train(server_round, arrays, config, grid)
         return self._sent(server_round, "training", msgs)
 
@@ -223,14 +282,87 @@ def strategy_params(s: Scenario) -> dict:
     }.get(st.name, {})
 
 
-def build_strategy(s: Scenario, ledger: RoundLedger, num_nodes: int) -> Tracked:
-    """The scenario's strategy, sampling institutions as ``strategy.*`` says."""
-    st = s.strategy
+class UniformMean:
+    """Mixin for FedAvg/FedProx: every institution's arrays weigh the same. Institution-level
+    DP needs it: its noise is calibrated to a mean of m clipped updates."""
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        if not valid:
+            return None, None
+        contents = [m.content for m in valid]
+        first = contents[0][self.arrayrecord_key]
+        arrays = ArrayRecord({k: Array(np.ascontiguousarray(np.mean(
+            [c[self.arrayrecord_key][k].numpy() for c in contents], axis=0,
+            dtype=np.float64).astype(first[k].numpy().dtype))) for k in first.keys()})
+        return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+
+
+def build_strategy(s: Scenario, ledger: RoundLedger, num_nodes: int,
+                   max_weight: float = 1.0) -> Tracked:
+    """The scenario's strategy, sampling institutions as ``strategy.*`` says, with secure
+    aggregation and institution-level DP around it when ``privacy.*`` asks for them."""
+    st, central, sa = s.strategy, s.privacy.central, s.privacy.secagg
     min_train = min(st.min_train_clients, num_nodes)
-    strategy = STRATEGIES[st.name](
-        fraction_train=st.fraction_train, fraction_evaluate=st.fraction_evaluate,
-        min_train_nodes=min_train, min_evaluate_nodes=min(min_train, num_nodes),
-        min_available_nodes=num_nodes, weighted_by_key="num-examples",
-        evaluate_metrics_aggr_fn=aggregate_evaluate_metrics, **strategy_params(s))
+    args = dict(fraction_train=st.fraction_train, fraction_evaluate=st.fraction_evaluate,
+                min_train_nodes=min_train, min_evaluate_nodes=min(min_train, num_nodes),
+                min_available_nodes=num_nodes, weighted_by_key="num-examples",
+                evaluate_metrics_aggr_fn=aggregate_evaluate_metrics, **strategy_params(s))
+    if central.mode == "off" and not sa.enabled:
+        strategy = STRATEGIES[st.name](**args)
+        strategy.ledger = ledger
+        return strategy
+    base = {"fedavg": fl.FedAvg, "fedprox": fl.FedProx}[st.name]
+    mixins = (SecureAggregation,) if sa.enabled else (UniformMean,)
+    if central.mode == "off":  # secure aggregation alone: the protocol is the strategy
+        strategy = _tracked(type(f"SecAgg{base.__name__}", (*mixins, base), {}))(**args)
+        strategy.tolerates_dropouts = True  # as far as the protocol's threshold allows
+        inner = strategy
+    else:
+        inner = type(f"{'SecAgg' if sa.enabled else 'Uniform'}{base.__name__}",
+                     (*mixins, base), {})(**args)
+        sampled = sampled_per_round(s, num_nodes)
+        strategy = wrap_central_dp(s, inner, sampled)
+        strategy.account = CentralAccount(central, sampled, num_nodes)
+    if sa.enabled:
+        inner.secagg, inner.report = sa, ledger.secagg
+        inner.max_weight = 1.0 if central.mode != "off" else max_weight
+        inner.timeout = st.round_timeout_s
+        inner.names = {n: i["institution"] for n, i in ledger.roster.items()}
     strategy.ledger = ledger
+    return strategy
+
+
+class AdaptiveClipping(fl.DifferentialPrivacyClientSideAdaptiveClipping):
+    """Flower's adaptive-clipping wrapper with Andrew et al.'s norm update.
+
+    The paper moves the norm by C <- C exp(-lr (b - gamma)), where b is the (noisy) share
+    of updates left *unclipped* and gamma the target quantile. Flower 1.41 feeds its share
+    of *clipped* updates into the same formula, which moves the norm the wrong way (all
+    updates clipped -> the norm shrinks further). Here b is the unclipped share again.
+    """
+
+    def _geometric_update(self, clipped_fraction: float) -> None:
+        unclipped = 1.0 - clipped_fraction
+        self.clipping_norm *= math.exp(-self.clip_norm_lr
+                                       * (unclipped - self.target_clipped_quantile))
+
+
+def wrap_central_dp(s: Scenario, inner, sampled: int) -> Tracked:
+    """Flower's DP wrapper (noise on the mean, adaptive norm) around ``inner``, tracked.
+
+    Clipping is fedsilo's ``clip_update`` in every mode: on the node in ``client-*`` modes,
+    in ``Tracked`` before the wrapper sees the replies in ``server-*`` modes (Flower's
+    server-side wrappers divide by the update's norm, which fails on a zero update).
+    """
+    c = s.privacy.central
+    if c.mode.endswith("fixed"):
+        strategy = _tracked(fl.DifferentialPrivacyClientSideFixedClipping)(
+            inner, c.noise_multiplier, c.clip_norm, sampled)
+    else:
+        strategy = _tracked(AdaptiveClipping)(
+            inner, c.noise_multiplier, sampled, initial_clipping_norm=c.clip_norm,
+            target_clipped_quantile=c.target_quantile, clip_norm_lr=c.clip_lr,
+            clipped_count_stddev=c.clipped_count_std or sampled / 20)
+    strategy.clip_on_server = c.mode.startswith("server")
     return strategy

@@ -155,6 +155,44 @@ class OutputSection:
 
 
 @dataclass(frozen=True)
+class CentralDPSection:
+    mode: str = _opt("off", "institution-level DP at the server (DP-FedAvg): where each "
+                     "update is clipped, and whether the clipping norm adapts",
+                     choices=("off", "server-fixed", "client-fixed", "server-adaptive",
+                              "client-adaptive"))
+    noise_multiplier: float = _opt(1.0, "noise std on the sum of clipped updates, over the "
+                                   "clipping norm", low=0, low_open=True)
+    clip_norm: float = _opt(1.0, "L2 bound on each institution's update (the initial bound "
+                            "with adaptive clipping)", low=0, low_open=True)
+    delta: float = _opt(1e-5, "delta of the institution-level guarantee", low=0, high=1,
+                        low_open=True)
+    target_quantile: float = _opt(0.5, "adaptive clipping: the quantile of update norms the "
+                                  "clipping norm tracks", low=0, high=1)
+    clip_lr: float = _opt(0.2, "adaptive clipping: learning rate of the geometric norm update",
+                          low=0, low_open=True)
+    clipped_count_std: float = _opt(0.0, "adaptive clipping: noise std on the count of "
+                                    "unclipped updates (0 = institutions per round / 20)",
+                                    low=0)
+    max_epsilon: float = _opt(0.0, "stop the run before a round that would exceed this "
+                              "epsilon (0 = no budget)", low=0)
+
+
+@dataclass(frozen=True)
+class SecAggSection:
+    enabled: bool = _opt(False, "secure aggregation (SecAgg+): the server learns only the "
+                         "sum of the institutions' updates")
+    shares: float = _opt(1.0, "shares of each institution's secrets: an integer >= 3, or a "
+                         "fraction (<= 1) of the institutions in the round", low=0,
+                         low_open=True)
+    threshold: float = _opt(0.6, "shares needed to rebuild a secret: an integer >= 2, or a "
+                            "fraction (<= 1) of the shares", low=0, low_open=True)
+    clip_range: float = _opt(4.0, "updates are clipped to [-clip_range, clip_range] per "
+                             "coordinate before quantisation", low=0, low_open=True)
+    quantization_bits: int = _opt(22, "each coordinate is quantised to this many bits "
+                                  "(sums stay below 2^32)", low=4, high=30)
+
+
+@dataclass(frozen=True)
 class PrivacySection:
     dp: bool = _opt(False, "record-level DP-SGD inside each institution (README: Privacy)")
     noise_multiplier: float = _opt(1.0, "DP-SGD: noise std over max_grad_norm", low=0,
@@ -168,6 +206,8 @@ class PrivacySection:
                         "training examples)", low=0, high=1)
     max_epsilon: float = _opt(0.0, "DP-SGD: an institution whose next round would exceed "
                               "this epsilon stops training (0 = no budget)", low=0)
+    central: CentralDPSection = field(default_factory=CentralDPSection)
+    secagg: SecAggSection = field(default_factory=SecAggSection)
 
 
 @dataclass(frozen=True)
@@ -311,9 +351,79 @@ def _check_whole(s: Scenario) -> None:
     if s.strategy.name == "scaffold" and s.train.optimizer != "sgd":
         raise ConfigError("config: 'strategy.name' = 'scaffold' needs 'train.optimizer' = "
                           "'sgd' (its control variates assume plain SGD steps)")
+    _check_privacy(s)
     if not s.scenario.name.strip() or any(c in s.scenario.name for c in "/\\ "):
         raise ConfigError(f"config: 'scenario.name' must be a non-empty name without "
                           f"spaces or slashes, got {s.scenario.name!r}")
+
+
+AVERAGING = ("fedavg", "fedprox")  # strategies whose aggregate is a plain mean
+
+
+def _check_privacy(s: Scenario) -> None:
+    central, sa = s.privacy.central, s.privacy.secagg
+    if central.mode != "off" and s.strategy.name not in AVERAGING:
+        raise ConfigError(f"config: 'privacy.central.mode' = '{central.mode}' needs "
+                          f"'strategy.name' = 'fedavg' or 'fedprox' (its noise is "
+                          f"calibrated to a plain mean), got '{s.strategy.name}'")
+    if central.mode != "off":
+        from fedsilo.privacy.central import epsilon
+
+        first = epsilon(central.noise_multiplier, 1, central.delta)
+        if central.max_epsilon and first > central.max_epsilon:
+            raise ConfigError(f"config: 'privacy.central.max_epsilon' = "
+                              f"{central.max_epsilon} is below the epsilon of a single "
+                              f"round ({first:.3f}): no round could run")
+    if central.mode.endswith("adaptive") and (n := known_institutions(s)):
+        m = sampled_per_round(s, n)
+        count_std = central.clipped_count_std or m / 20
+        if central.noise_multiplier >= 2 * count_std:
+            raise ConfigError(
+                f"config: adaptive clipping needs 'privacy.central.noise_multiplier' "
+                f"({central.noise_multiplier:g}) below twice "
+                f"'privacy.central.clipped_count_std' ({count_std:g} with {m} institutions "
+                f"per round): raise clipped_count_std above "
+                f"{central.noise_multiplier / 2:g}")
+    if not sa.enabled:
+        return
+    if s.strategy.name not in AVERAGING:
+        raise ConfigError(f"config: 'privacy.secagg.enabled' needs 'strategy.name' = "
+                          f"'fedavg' or 'fedprox' (the server learns only the sum), got "
+                          f"'{s.strategy.name}'")
+    if central.mode.startswith("server"):
+        raise ConfigError(f"config: 'privacy.secagg.enabled' needs client-side clipping: "
+                          f"set 'privacy.central.mode' to '"
+                          f"{central.mode.replace('server', 'client')}' (the server never "
+                          f"sees an individual update to clip)")
+    for key, value, least in (("shares", sa.shares, 3), ("threshold", sa.threshold, 2)):
+        if value > 1 and (value != int(value) or value < least):
+            raise ConfigError(f"config: 'privacy.secagg.{key}' must be a fraction <= 1 or "
+                              f"an integer >= {least}, got {value!r}")
+    if sa.shares > 1 and sa.threshold > 1 and sa.threshold >= sa.shares:
+        raise ConfigError(f"config: 'privacy.secagg.threshold' ({sa.threshold:g}) must be "
+                          f"below 'privacy.secagg.shares' ({sa.shares:g})")
+    if expected := known_institutions(s):
+        if expected < 2:
+            raise ConfigError("config: 'privacy.secagg.enabled' needs at least 2 "
+                              "institutions")
+        if expected * 2 ** sa.quantization_bits >= 2 ** 32:
+            raise ConfigError(f"config: 'privacy.secagg.quantization_bits' = "
+                              f"{sa.quantization_bits} overflows the 32-bit sum of "
+                              f"{expected} institutions; use at most "
+                              f"{32 - math.ceil(math.log2(expected + 1))}")
+
+
+def sampled_per_round(s: Scenario, num_institutions: int) -> int:
+    """How many institutions Flower samples for training each round."""
+    st = s.strategy
+    return max(int(num_institutions * st.fraction_train),
+               min(st.min_train_clients, num_institutions))
+
+
+def known_institutions(s: Scenario) -> int | None:
+    if s.data.source == "synthetic" or s.data.partition != "natural":
+        return s.federation.banks + s.federation.hospitals
+    return None
 
 
 # -- files and overrides --------------------------------------------------------------------

@@ -222,7 +222,7 @@ def test_dp_sgd_accounts_per_institution_and_stops_at_the_budget(tmp_path, cache
     proc, runs = run_scenario(tmp_path, cache_dir, "smoke.toml", "scenario.rounds=3",
                               "privacy.dp=true", "privacy.max_epsilon=10")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "privacy spent per institution" in proc.stdout
+    assert "record level, per institution" in proc.stdout
     run = runs[0]
     summary = json.loads((run / "summary.json").read_text())
     report = summary["privacy"]["institutions"]
@@ -247,3 +247,103 @@ def test_dp_sgd_accounts_per_institution_and_stops_at_the_budget(tmp_path, cache
     proc = fedsilo("privacy", str(run), cwd=tmp_path, timeout=120)
     assert proc.returncode == 0
     assert "bank-1" in proc.stdout and "accountant: RDP" in proc.stdout
+
+
+def test_secure_aggregation_matches_fedavg_and_no_update_leaves_in_the_clear(
+        smoke, tmp_path, cache_dir):
+    from fedsilo.privacy.boundary import SECAGG_RECORD, TRAIN_METRICS
+
+    proc, runs = run_scenario(tmp_path, cache_dir, "smoke.toml", "output.audit=true",
+                              "privacy.secagg.enabled=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = runs[0]
+    # the same six rounds as plain FedAvg (the smoke fixture), up to quantisation: each
+    # round's aggregate is within ~1e-6 of FedAvg's, and six rounds of training at lr 0.1
+    # carry that to ~1e-4 on weights of order 1
+    plain = np.load(smoke[1][0] / "head.npz")
+    secure = np.load(run / "head.npz")
+    for k in plain.files:
+        np.testing.assert_allclose(secure[k], plain[k], atol=1e-3)
+    assert not np.array_equal(secure["head.out.weight"], plain["head.out.weight"])
+    # what each node sent in training: protocol records only, never an array
+    for name in ("bank-1", "bank-2", "hospital-1", "hospital-2"):
+        entries = [json.loads(x) for x in
+                   (run / "audit" / f"{name}.jsonl").read_text().splitlines()]
+        train = [e for e in entries if e["type"] == "train"]
+        assert len(train) == 4 * 6  # four protocol stages per round
+        for e in train:
+            assert e["arrays"] == {} and e["refused"] == []
+            assert list(e["configs"]) == [SECAGG_RECORD]
+            if "masked_params" in e["configs"][SECAGG_RECORD]:
+                assert set(e["metrics"]["metrics"]) == TRAIN_METRICS
+            else:
+                assert e["metrics"] == {}
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["secagg"]["survived"] == 4 and r["secagg"]["dropped"] == {} for r in rows)
+    assert all(r["bytes_up"] == 0 for r in rows)  # no arrays travel up
+    assert all(r["secagg"]["bytes_up"] > 4 * 4 * (64 * 8 + 8) for r in rows)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["privacy"]["secure_aggregation"]["shares"] == 4
+
+
+def test_secure_aggregation_survives_a_dropout(tmp_path, cache_dir):
+    proc, runs = run_scenario(tmp_path, cache_dir, "smoke.toml", "scenario.rounds=3",
+                              "privacy.secagg.enabled=true", "faults.crash=bank-2",
+                              "faults.crash_from_round=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(x) for x in (runs[0] / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["secagg"]["dropped"] == {}
+    for r in rows[1:]:
+        assert list(r["secagg"]["dropped"]) == ["bank-2"] and r["secagg"]["survived"] == 3
+        assert "bank-2" not in {n for n, v in r["institutions"].items()
+                                if v["train_examples"]}
+    assert "dropped: bank-2" in proc.stdout
+    summary = json.loads((runs[0] / "summary.json").read_text())
+    assert len(summary["final"]["institutions"]) == 4  # it still evaluates
+
+
+def test_institution_level_dp_with_secure_aggregation_reports_epsilon(tmp_path, cache_dir):
+    from fedsilo.privacy import central
+    from tests.unit.test_central_dp import independent_epsilon
+
+    proc, runs = run_scenario(tmp_path, cache_dir, "smoke.toml", "scenario.rounds=3",
+                              "privacy.secagg.enabled=true",
+                              "privacy.central.mode=client-fixed",
+                              "privacy.central.noise_multiplier=0.8",
+                              "privacy.central.clip_norm=0.5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = runs[0]
+    server = json.loads((run / "summary.json").read_text())["privacy"]["server"]
+    assert server["rounds"] == 3 and server["noise_multiplier"] == 0.8
+    assert server["clipping_norm"] == 0.5 and server["sampled"] == 4
+    assert server["epsilon"] == pytest.approx(independent_epsilon(0.8, 3, 1e-5), rel=0.01)
+    assert server["epsilon"] == pytest.approx(central.epsilon(0.8, 3, 1e-5))
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["central_dp"]["epsilon"] for r in rows] == sorted(
+        r["central_dp"]["epsilon"] for r in rows)
+    assert rows[0]["central_dp"]["noise_std"] == pytest.approx(0.8 * 0.5 / 4)
+    proc = fedsilo("privacy", str(run), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0
+    assert "institution level, at the server" in proc.stdout
+    assert "no amplification" in proc.stdout and "secure aggregation: SecAgg+" in proc.stdout
+
+
+def test_adaptive_clipping_and_the_server_budget_stop_the_run_early(tmp_path, cache_dir):
+    from fedsilo.privacy import central
+
+    z = 0.3  # adaptive clipping over 4 institutions needs z < 2 * 4 / 20
+    budget = (central.epsilon(z, 2, 1e-5) + central.epsilon(z, 3, 1e-5)) / 2
+    proc, runs = run_scenario(tmp_path, cache_dir, "smoke.toml", "scenario.rounds=5",
+                              "privacy.central.mode=server-adaptive",
+                              f"privacy.central.noise_multiplier={z}",
+                              "privacy.central.clip_norm=0.01",
+                              f"privacy.central.max_epsilon={budget}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "max_epsilon" in proc.stdout and "stopping" in proc.stdout
+    run = runs[0]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["rounds"] == 2 and summary["stopped_early"]
+    assert summary["privacy"]["server"]["epsilon"] <= budget
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    # every update is longer than 0.01: all clipped, so the norm grows toward the median
+    assert rows[1]["central_dp"]["clipping_norm"] > rows[0]["central_dp"]["clipping_norm"]

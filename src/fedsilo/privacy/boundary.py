@@ -5,7 +5,10 @@ A reply may carry only
 - to a training message: the shared arrays it received (same names, shapes, float dtype;
   SCAFFOLD's variate delta too) and a MetricRecord ``metrics`` with TRAIN_METRICS;
 - to an evaluation message: a MetricRecord ``metrics`` with EVAL_METRICS, whose confusion
-  matrix has one count per (true, predicted) label pair.
+  matrix has one count per (true, predicted) label pair;
+- to a message of the secure-aggregation protocol: only that stage's protocol record
+  (public keys, encrypted key shares, the masked vector, key shares for unmasking), plus the
+  training metrics with the masked vector; no arrays at all.
 Anything else (a text, token ids, features, labels, an extra record) is refused before it
 leaves the node.
 """
@@ -23,6 +26,11 @@ TRAIN_METRICS = {"num-examples", "institution-id", "train-loss", "train-loss-fir
 # with privacy.dp: what the institution spent (its own accounting, reported to the server)
 DP_METRICS = {"dp-epsilon", "dp-delta", "dp-noise-multiplier", "dp-max-grad-norm",
               "dp-sampling-rate", "dp-steps", "dp-stopped"}
+# with privacy.central.mode = 'client-adaptive': whether the update was clipped
+CENTRAL_DP_METRICS = {"norm_bit"}
+SECAGG_RECORD = "secaggplus_configs"  # flwr.common.secure_aggregation's RECORD_KEY_CONFIGS
+SECAGG_STAGE_KEYS = ({"pk1", "pk2"}, {"dsts", "ctxts"}, {"masked_params"},
+                     {"nids", "shares"})
 EVAL_METRICS = {"num-examples", "institution-id", "loss", "accuracy", "macro-f1",
                 "confusion", "eval-time-s"}
 
@@ -41,12 +49,14 @@ def check_reply(received: Message, reply: Message) -> list[str]:
         elif set(configs["info"].keys()) != INFO_KEYS:
             problems.append(f"handshake keys {sorted(configs['info'].keys())}")
         return problems
+    if kind == "train" and SECAGG_RECORD in received.content.config_records:
+        return _check_secagg_reply(received, arrays, metrics, configs)
     if configs:
         problems.append(f"config records {sorted(configs)} in a {kind} reply")
     if set(metrics) != {"metrics"}:
         problems.append(f"metric records {sorted(metrics)} (expected ['metrics'])")
     else:
-        declared = TRAIN_METRICS | DP_METRICS if kind == "train" else EVAL_METRICS
+        declared = TRAIN_DECLARED if kind == "train" else EVAL_METRICS
         extra = set(metrics["metrics"].keys()) - declared
         if extra:
             problems.append(f"undeclared metrics {sorted(extra)}")
@@ -77,6 +87,35 @@ def check_reply(received: Message, reply: Message) -> list[str]:
     return problems
 
 
+TRAIN_DECLARED = TRAIN_METRICS | DP_METRICS | CENTRAL_DP_METRICS
+
+
+def _check_secagg_reply(received: Message, arrays: dict, metrics: dict,
+                        configs: dict) -> list[str]:
+    problems: list[str] = []
+    if arrays:
+        problems.append(f"array records {sorted(arrays)} in a secure-aggregation reply")
+    if set(configs) != {SECAGG_RECORD}:
+        problems.append(f"config records {sorted(configs)} in a secure-aggregation reply")
+        return problems
+    keys = set(configs[SECAGG_RECORD].keys())
+    if keys not in SECAGG_STAGE_KEYS:
+        problems.append(f"secure-aggregation record holds {sorted(keys)}, not one stage's "
+                        f"protocol values")
+    if keys == {"masked_params"}:
+        sent = received.content.array_records.get("arrays")
+        n = len(configs[SECAGG_RECORD]["masked_params"])
+        if sent is not None and n != len(sent) + 1:
+            problems.append(f"masked vector of {n} arrays for {len(sent)} shared arrays")
+        if set(metrics) != {"metrics"}:
+            problems.append(f"metric records {sorted(metrics)} (expected ['metrics'])")
+        elif extra := set(metrics["metrics"].keys()) - TRAIN_DECLARED:
+            problems.append(f"undeclared metrics {sorted(extra)}")
+    elif metrics:
+        problems.append(f"metric records {sorted(metrics)} in a key-exchange reply")
+    return problems
+
+
 def describe_reply(received: Message, reply: Message) -> dict:
     """The whole reply as an auditor sees it: every metric and config value, and each
     array's name, shape and dtype."""
@@ -86,9 +125,16 @@ def describe_reply(received: Message, reply: Message) -> dict:
         "arrays": {r: {k: [list(v.shape), str(v.dtype)] for k, v in rec.items()}
                    for r, rec in c.array_records.items()},
         "metrics": {r: dict(rec) for r, rec in c.metric_records.items()},
-        "configs": {r: {k: (v.decode("latin-1") if isinstance(v, bytes) else v)
-                        for k, v in rec.items()} for r, rec in c.config_records.items()},
+        "configs": {r: {k: _plain(v) for k, v in rec.items()}
+                    for r, rec in c.config_records.items()},
     }
+
+
+def _plain(value):
+    """A config value for the audit log; bytes (keys, ciphertexts, masked vectors) by size."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return f"<{len(value)} bytes>" if isinstance(value, bytes) else value
 
 
 def append_audit(path: Path, entry: dict) -> None:

@@ -156,17 +156,36 @@ def final_table(summary: dict) -> str:
 
 
 def privacy_table(summary: dict) -> str | None:
-    """Per institution: mechanism parameters and the privacy spent (None without DP)."""
-    insts = (summary.get("privacy") or {}).get("institutions") or {}
-    if not insts:
-        return None
-    rows = [[n, v["epsilon"], f"{v['delta']:.2e}", v["noise_multiplier"], v["max_grad_norm"],
-             v["sampling_rate"], v["steps"], "yes" if v["stopped_by_budget"] else "no"]
-            for n, v in insts.items()]
-    first = next(iter(insts.values()))
-    return (format_table(rows, ["institution", "epsilon", "delta", "noise", "clip C",
-                                "sampling q", "steps", "budget spent"])
-            + f"\nmechanism: {first['mechanism']}\naccountant: {first['accountant']}")
+    """The privacy report: per institution (DP-SGD), the server's mechanism (institution-
+    level DP) and secure aggregation; None when the run used none of them."""
+    priv = summary.get("privacy") or {}
+    insts, server, sa = priv.get("institutions") or {}, priv.get("server"), \
+        priv.get("secure_aggregation")
+    parts = []
+    if insts:
+        rows = [[n, v["epsilon"], f"{v['delta']:.2e}", v["noise_multiplier"],
+                 v["max_grad_norm"], v["sampling_rate"], v["steps"],
+                 "yes" if v["stopped_by_budget"] else "no"] for n, v in insts.items()]
+        first = next(iter(insts.values()))
+        parts.append("record level, per institution:\n"
+                     + format_table(rows, ["institution", "epsilon", "delta", "noise",
+                                           "clip C", "sampling q", "steps", "budget spent"])
+                     + f"\nmechanism: {first['mechanism']}\naccountant: {first['accountant']}")
+    if server:
+        row = [["server", server["epsilon"], f"{server['delta']:.2e}",
+                server["noise_multiplier"], server["clipping_norm"],
+                f"{server['sampled']}/{server['population']}", server["rounds"]]]
+        parts.append("institution level, at the server:\n"
+                     + format_table(row, ["mechanism", "epsilon", "delta", "noise",
+                                          "clip C", "sampled", "rounds"])
+                     + f"\nmechanism: {server['mechanism']}\naccountant: "
+                     f"{server['accountant']}\nassumptions: {server['assumptions']}")
+    if sa:
+        parts.append(f"secure aggregation: {sa['protocol']}; {sa['shares']} shares, "
+                     f"threshold {sa['threshold']}, updates clipped to +-{sa['clip_range']} "
+                     f"and quantised to {sa['quantization_bits']} bits; "
+                     f"{sa['rounds_with_dropouts']} rounds with dropouts")
+    return "\n\n".join(parts) if parts else None
 
 
 def plot_accuracy(run_dir: Path, rows: list[dict], max_lines: int = 10) -> Path | None:

@@ -1,0 +1,176 @@
+"""Institution-level DP at the server: the accounting against an independent accountant,
+the noise actually added, clipping (server and client side, fixed and adaptive), the
+budget stop, and the settings it refuses."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+
+from clients.app import _clip_update
+from fedsilo.config import ConfigError, Scenario
+from fedsilo.privacy import central
+from strategies import PrivacyBudgetSpent, RoundLedger, build_strategy
+
+pytestmark = pytest.mark.usefixtures("flower_identity")
+NODES = [11, 12, 13, 14, 15]
+ROSTER = {n: {"institution": f"inst-{i}", "kind": "bank", "index": i}
+          for i, n in enumerate(NODES)}
+
+
+class Nodes:
+    """Just enough of a Grid for Flower's sampling."""
+
+    def get_node_ids(self):
+        return list(NODES)
+
+
+def _strategy(mode: str, **sets):
+    s = Scenario().replace(**{"privacy.central.mode": mode, **sets})
+    return s, build_strategy(s, RoundLedger(ROSTER), num_nodes=len(NODES))
+
+
+def _replies(x: dict, updates: list[dict], bits: list[int] | None = None) -> list[Message]:
+    out = []
+    for i, (n, u) in enumerate(zip(NODES, updates, strict=True)):
+        sent = Message(RecordDict(), message_type=MessageType.TRAIN, dst_node_id=n)
+        metrics = {"num-examples": 10 * (i + 1), "institution-id": i, "train-loss": 1.0}
+        if bits is not None:
+            metrics["norm_bit"] = bits[i]
+        out.append(Message(RecordDict({
+            "arrays": ArrayRecord({k: Array((x[k] + u[k]).astype(np.float32)) for k in x}),
+            "metrics": MetricRecord(metrics)}), reply_to=sent))
+    return out
+
+
+def _round(strategy, x: dict, updates: list[dict], bits=None, server_round: int = 1):
+    arrays = ArrayRecord({k: Array(v.astype(np.float32)) for k, v in x.items()})
+    msgs = list(strategy.configure_train(server_round, arrays, ConfigRecord(), Nodes()))
+    new, _ = strategy.aggregate_train(server_round, _replies(x, updates, bits))
+    return msgs, {k: new[k].numpy().astype(np.float64) - x[k] for k in x}
+
+
+def independent_epsilon(z: float, rounds: int, delta: float) -> float:
+    """Google's dp_accounting: `rounds` Gaussian releases of multiplier z, no sampling."""
+    import dp_accounting
+    from dp_accounting import rdp
+
+    from fedsilo.privacy.dpsgd import ORDERS
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    acc = rdp.RdpAccountant(orders=ORDERS)
+    acc.compose(dp_accounting.GaussianDpEvent(z), rounds)
+    return acc.get_epsilon(delta)
+
+
+@pytest.mark.parametrize(("z", "rounds", "delta"), [
+    (0.8, 1, 1e-5), (1.0, 20, 1e-5), (2.0, 20, 1e-3), (4.0, 200, 1e-6), (10.0, 50, 1e-5)])
+def test_epsilon_matches_an_independent_accountant_within_one_percent(z, rounds, delta):
+    ours = central.epsilon(z, rounds, delta)
+    theirs = independent_epsilon(z, rounds, delta)
+    assert ours == pytest.approx(theirs, rel=0.01)
+
+
+def test_the_noise_on_the_mean_has_std_z_c_over_m():
+    z, c = 1.3, 0.5
+    _s, strategy = _strategy("server-fixed", **{"privacy.central.noise_multiplier": z,
+                                                "privacy.central.clip_norm": c})
+    np.random.seed(0)
+    x = {"w": np.zeros(200_000)}
+    zero = [{"w": np.zeros(200_000)} for _ in NODES]  # nothing to average: only noise
+    _msgs, delta = _round(strategy, x, zero)
+    want = z * c / len(NODES)
+    assert delta["w"].std() == pytest.approx(want, rel=0.01)
+    assert abs(delta["w"].mean()) < 5 * want / np.sqrt(200_000)
+
+
+def test_server_side_clipping_bounds_each_update_and_weighs_all_equally():
+    c = 1.0
+    _s, strategy = _strategy("server-fixed", **{"privacy.central.noise_multiplier": 1e-9,
+                                                "privacy.central.clip_norm": c})
+    rng = np.random.default_rng(1)
+    x = {"w": rng.normal(size=(4, 3)), "b": rng.normal(size=3)}
+    updates = [{k: rng.normal(0, s, v.shape) for k, v in x.items()}
+               for s in (0.01, 0.1, 1.0, 5.0, 50.0)]
+    _msgs, delta = _round(strategy, x, updates)
+    clipped = []
+    for u in updates:
+        norm = np.sqrt(sum((v ** 2).sum() for v in u.values()))
+        clipped.append({k: v * min(1.0, c / norm) for k, v in u.items()})
+    for k in x:  # by hand: the plain mean of the clipped updates (weights ignored)
+        want = np.mean([u[k] for u in clipped], axis=0)
+        np.testing.assert_allclose(delta[k], want, atol=1e-5)
+
+
+def test_client_side_clipping_on_the_node():
+    rng = np.random.default_rng(2)
+    x = {"w": rng.normal(size=(6, 5)).astype(np.float32), "b": np.zeros(5, np.float32)}
+    big = {k: v + rng.normal(0, 3.0, v.shape).astype(np.float32) for k, v in x.items()}
+    y, bit = _clip_update(x, big, 0.7, adaptive=True)
+    norm = np.sqrt(sum(((y[k] - x[k]).astype(np.float64) ** 2).sum() for k in x))
+    assert norm == pytest.approx(0.7, rel=1e-4) and bit == {"norm_bit": 1}
+    small = {k: v + 1e-3 for k, v in x.items()}
+    y, bit = _clip_update(x, small, 0.7, adaptive=True)
+    assert bit == {"norm_bit": 0}
+    np.testing.assert_allclose(y["w"], small["w"])
+    _y, bit = _clip_update(x, big, 0.7, adaptive=False)
+    assert bit == {}
+
+
+def test_client_side_modes_send_the_norm_to_the_nodes():
+    _s, strategy = _strategy("client-fixed", **{"privacy.central.clip_norm": 0.3})
+    msgs, _ = _round(strategy, {"w": np.zeros(4)}, [{"w": np.ones(4) * 0.01}] * 5)
+    assert all(m.content["config"]["clipping_norm"] == 0.3 for m in msgs)
+
+
+def test_adaptive_clipping_moves_the_norm_toward_the_quantile():
+    sets = {"privacy.central.noise_multiplier": 0.1, "privacy.central.clip_norm": 1.0}
+    _s, strategy = _strategy("server-adaptive", **sets)
+    x = {"w": np.zeros(10)}
+    _round(strategy, x, [{"w": np.full(10, 10.0)}] * 5)  # every update clipped
+    assert strategy.clipping_norm > 1.0
+    _s, strategy = _strategy("server-adaptive", **sets)
+    _round(strategy, x, [{"w": np.full(10, 1e-4)}] * 5)  # none clipped
+    assert strategy.clipping_norm < 1.0
+
+
+def test_epsilon_is_reported_per_round_and_the_budget_stops_the_next_round():
+    z, delta = 2.0, 1e-5
+    budget = (central.epsilon(z, 2, delta) + central.epsilon(z, 3, delta)) / 2
+    _s, strategy = _strategy("server-fixed", **{"privacy.central.noise_multiplier": z,
+                                                "privacy.central.max_epsilon": budget})
+    x = {"w": np.zeros(4)}
+    for r in (1, 2):
+        _round(strategy, x, [{"w": np.ones(4) * 0.01}] * 5, server_round=r)
+        assert strategy.ledger.central_dp[r]["epsilon"] == pytest.approx(
+            central.epsilon(z, r, delta))
+    with pytest.raises(PrivacyBudgetSpent, match="max_epsilon"):
+        _round(strategy, x, [{"w": np.ones(4) * 0.01}] * 5, server_round=3)
+    report = strategy.account.report(1.0, z, None)
+    assert report["rounds"] == 2 and report["accounted_sampling_rate"] == 1.0
+    assert "no amplification" in report["assumptions"]
+
+
+@pytest.mark.parametrize("sets,field", [
+    ({"privacy.central.mode": "server-fixed", "strategy.name": "fedadam"},
+     "privacy.central.mode"),
+    ({"privacy.central.mode": "server-adaptive", "privacy.central.noise_multiplier": 1.0},
+     "privacy.central.noise_multiplier"),
+    ({"privacy.central.mode": "server-fixed", "privacy.central.max_epsilon": 0.01},
+     "privacy.central.max_epsilon"),
+    ({"privacy.central.mode": "everywhere"}, "privacy.central.mode"),
+])
+def test_bad_central_dp_settings_name_the_field(sets, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        Scenario().replace(**sets)
