@@ -123,6 +123,9 @@ def _run_all(base, combos: list[dict], sweep_dir: Path, verbose: bool) -> None:
                      (sm.get("privacy") or {}).get("institutions", {}).values()]
             if spent:  # the weakest guarantee in the federation
                 row["max_epsilon"] = max(spent)
+            server = (sm.get("privacy") or {}).get("server")
+            if server:  # institution-level DP at the server
+                row["server_epsilon"] = server["epsilon"]
         except (RunFailed, ConfigError) as exc:
             row.update(run=None, error=str(exc))
             print(f"sweep run {i} failed: {exc}", flush=True)
@@ -132,37 +135,43 @@ def _run_all(base, combos: list[dict], sweep_dir: Path, verbose: bool) -> None:
     (sweep_dir / "sweep.md").write_text(table + "\n")
     print("\n" + table)
     plot_sweep(rows, sweep_dir / "sweep.png")
-    if any("max_epsilon" in r for r in rows):
+    if any(k in r for r in rows for k in EPSILONS):
         plot_privacy_utility(rows, sweep_dir / "privacy_utility.png")
 
 
-RESULT_KEYS = ("run", "accuracy", "macro_f1", "worst_accuracy", "max_epsilon", "error")
+# epsilon columns: record level (DP-SGD, the largest over institutions) and institution
+# level (DP-FedAvg at the server)
+EPSILONS = {"max_epsilon": "epsilon (max inst)", "server_epsilon": "epsilon (inst level)"}
+RESULT_KEYS = ("run", "accuracy", "macro_f1", "worst_accuracy", *EPSILONS, "error")
 
 
 def sweep_table(rows: list[dict]) -> str:
     keys = [k for k in rows[0] if k not in RESULT_KEYS]
-    private = any("max_epsilon" in r for r in rows)
+    eps = [k for k in EPSILONS if any(k in r for r in rows)]
     body = [[r[k] for k in keys] + [r.get("macro_f1", "failed"), r.get("worst_accuracy", "-"),
                                     r.get("accuracy", "-")]
-            + ([r.get("max_epsilon", "-")] if private else []) for r in rows]
+            + [r.get(k, "-") for k in eps] for r in rows]
     return results.format_table(body, keys + ["final macro-F1", "worst inst acc",
-                                               "final acc"]
-                                + (["epsilon (max inst)"] if private else []))
+                                               "final acc"] + [EPSILONS[k] for k in eps])
 
 
 def plot_privacy_utility(rows: list[dict], path: Path) -> Path:
-    """Final macro-F1 against the largest epsilon any institution spent."""
+    """Final macro-F1 against epsilon: record level (the largest any institution spent)
+    and institution level, whichever the sweep has."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = sorted((r["max_epsilon"], r["macro_f1"]) for r in rows
-                 if r.get("max_epsilon") is not None and r.get("macro_f1") is not None)
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
+    for key, label in EPSILONS.items():
+        pts = sorted((r[key], r["macro_f1"]) for r in rows
+                     if r.get(key) is not None and r.get("macro_f1") is not None)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
     ax.set_xscale("log")
-    ax.set_xlabel("epsilon (largest over institutions)")
+    ax.legend()
+    ax.set_xlabel("epsilon")
     ax.set_ylabel("final global macro-F1")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)

@@ -174,3 +174,17 @@ def test_epsilon_is_reported_per_round_and_the_budget_stops_the_next_round():
 def test_bad_central_dp_settings_name_the_field(sets, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         Scenario().replace(**sets)
+
+
+def test_accounting_leaves_the_root_logger_alone():
+    """Opacus' import adds a root handler; left there it prints every library's debug log
+    (Flower's, Ray's) on the console of a sweep."""
+    import subprocess
+    import sys
+
+    code = ("import logging; from fedsilo.privacy.central import epsilon; "
+            "epsilon(1.0, 3, 1e-5); assert logging.getLogger().handlers == [], "
+            "logging.getLogger().handlers")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -71,3 +71,19 @@ def test_table_shows_epsilon_when_runs_were_private():
              "worst_accuracy": 0.6, "max_epsilon": 3.25}]
     text = sweep_table(rows)
     assert "epsilon (max inst)" in text and "3.250" in text
+
+
+def test_the_institution_level_sweep_plans_server_dp_runs_and_shows_its_epsilon(tmp_path):
+    from fedsilo.sweep import plot_privacy_utility
+
+    base, combos = plan(str(CONFIGS / "sweeps" / "central_privacy_utility.toml"), [], [])
+    assert base.privacy.central.mode == "server-fixed" and not base.privacy.dp
+    assert [c["privacy.central.noise_multiplier"] for c in combos] == [0.1, 0.3, 0.5, 1.0,
+                                                                       2.0]
+    rows = [{"privacy.central.noise_multiplier": z, "run": "r", "accuracy": 0.8,
+             "macro_f1": f, "worst_accuracy": 0.6, "server_epsilon": e}
+            for z, f, e in ((0.5, 0.7, 50.125), (1.0, 0.5, 12.5))]
+    text = sweep_table(rows)
+    assert "epsilon (inst level)" in text and "50.125" in text
+    assert "epsilon (max inst)" not in text
+    assert plot_privacy_utility(rows, tmp_path / "pu.png").stat().st_size > 5000

@@ -13,6 +13,7 @@ every step the institution has taken in every round, at delta = ``privacy.delta`
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from dataclasses import dataclass
 
@@ -36,11 +37,23 @@ def epsilon(noise_multiplier: float, q: float, steps: int, delta: float) -> floa
     """(epsilon at ``delta``) after ``steps`` sampled Gaussian steps."""
     if steps == 0:
         return 0.0
-    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
-
+    compute_rdp, get_privacy_spent = _opacus_rdp()
     rdp = compute_rdp(q=q, noise_multiplier=noise_multiplier, steps=steps, orders=ORDERS)
     eps, _ = get_privacy_spent(orders=ORDERS, rdp=rdp, delta=delta)
     return float(eps)
+
+
+@functools.lru_cache(maxsize=1)
+def _opacus_rdp():
+    """Opacus' RDP functions. Importing opacus adds a handler to the root logger (a
+    ``basicConfig``), which would print every library's debug log; it is taken off again."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+    for handler in [h for h in root.handlers if h not in before]:
+        root.removeHandler(handler)
+    return compute_rdp, get_privacy_spent
 
 
 @functools.lru_cache(maxsize=256)  # asked again by each institution every round
