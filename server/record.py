@@ -120,6 +120,8 @@ class RunRecorder:
             extra["central_dp"] = self.ledger.central_dp[server_round]
         if server_round in self.ledger.dropped:
             extra["dropped"] = self.ledger.dropped[server_round]
+        if server_round in self.ledger.selected:
+            extra["selected"] = self.ledger.selected[server_round]
         timing = dict(self.ledger.timing.get(server_round, {}))
         timing["client_train_s"] = sum(t.get("train-time-s", 0.0) for t in train.values())
         timing["client_eval_s"] = sum(e.get("eval-time-s", 0.0) for e in evals.values())
@@ -165,6 +167,14 @@ class RunRecorder:
         _say(f"round {r:>3}/{total}  acc {g['accuracy']:.3f}  macro-F1 {g['macro_f1']:.3f}  "
              f"worst inst acc {worst:.3f}  test loss {g['loss']:.3f}  train loss {tl}  "
              f"{row['wall_time_s']:.1f}s  {eta}{notes}")
+
+    def _selection(self) -> dict:
+        """Krum/MultiKrum: in how many rounds each institution's update was kept."""
+        rounds = [r["selected"] for r in self.rows if "selected" in r]
+        if not rounds:
+            return {}
+        names = [i["institution"] for i in self.ledger.roster.values()]
+        return {"selected_rounds": {n: sum(n in kept for kept in rounds) for n in names}}
 
     def _privacy(self) -> dict:
         """Per institution, the accounting from the last round it reported; the server
@@ -234,6 +244,7 @@ class RunRecorder:
             "labels": self.labels,
             "strategy": {"name": self.s.strategy.name},
             "malicious": {n: self.s.faults.behaviour for n in sorted(self.s.faults.attackers())},
+            **self._selection(),
             "privacy": self._privacy(),
         }
         results.write_json(self.run_dir / "summary.json", summary)

@@ -77,6 +77,7 @@ class RoundLedger:
         self.dropped: dict[int, dict[str, str]] = {}  # round -> institution -> why
         self.secagg: dict[int, dict] = {}  # round -> the protocol's cost and survivors
         self.central_dp: dict[int, dict] = {}  # round -> clipping norm and noise used
+        self.selected: dict[int, list[str]] = {}  # round -> whose updates Krum kept
         # seconds per round: phase wall time (send -> all replies in) and aggregation
         self.timing: dict[int, dict[str, float]] = {}
         self._phase_start: dict[tuple[int, str], float] = {}
@@ -166,6 +167,8 @@ class Tracked:
                                 f"(privacy.max_epsilon)")
         if stage == "training" and self.clip_on_server:
             replies = self._clip_replies(replies)
+        if stage == "training" and hasattr(self, "num_nodes_to_select"):
+            self._record_selection(server_round, replies)
         out = agg(server_round, replies)
         if stage == "training" and self.account is not None and out[0] is not None:
             self.account.rounds += 1
@@ -179,6 +182,18 @@ class Tracked:
     account = None  # fedsilo.privacy.central.CentralAccount, with institution-level DP
     clip_on_server = False  # privacy.central.mode 'server-*'
     _current: ArrayRecord | None = None
+
+    def _record_selection(self, server_round: int, replies: list[Message]) -> None:
+        """Which institutions' updates Krum/MultiKrum keeps this round (Flower's own
+        selection function on the same replies), so a run shows whom it rejected."""
+        from flwr.serverapp.strategy.multikrum import select_multikrum
+
+        contents = [m.content for m in replies if not m.has_error()]
+        kept = select_multikrum(contents, num_malicious_nodes=self.num_malicious_nodes,
+                                num_nodes_to_select=self.num_nodes_to_select)
+        self.ledger.selected[server_round] = sorted(
+            self.ledger.by_index[int(c["metrics"]["institution-id"])]["institution"]
+            for c in kept)
 
     def _clip_replies(self, replies: list[Message]) -> list[Message]:
         """Each update clipped to the current norm, with the bit adaptive clipping reads."""

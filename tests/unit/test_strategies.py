@@ -86,7 +86,9 @@ def test_krum_picks_the_update_closest_to_its_neighbours():
         return sum(d[:2])
 
     best = min(range(5), key=score)
-    np.testing.assert_allclose(_aggregate(_strategy("krum")), W[best], rtol=1e-6)
+    strategy = _strategy("krum")
+    np.testing.assert_allclose(_aggregate(strategy), W[best], rtol=1e-6)
+    assert strategy.ledger.selected[1] == [f"inst-{best}"]  # recorded: whom it kept
 
 
 def test_multikrum_averages_the_best_scored_updates():
@@ -96,8 +98,10 @@ def test_multikrum_averages_the_best_scored_updates():
 
     keep = sorted(range(5), key=score)[:3]
     by_hand = sum(W[i] * N[i] for i in keep) / sum(N[i] for i in keep)
-    got = _aggregate(_strategy("multikrum", **{"strategy.krum_select": 3}))
-    np.testing.assert_allclose(got, by_hand, rtol=1e-6)
+    strategy = _strategy("multikrum", **{"strategy.krum_select": 3})
+    np.testing.assert_allclose(_aggregate(strategy), by_hand, rtol=1e-6)
+    assert strategy.ledger.selected[1] == sorted(f"inst-{i}" for i in keep)
+    assert "inst-4" not in strategy.ledger.selected[1]  # the outlier is rejected
 
 
 class _Grid:
