@@ -20,11 +20,11 @@ from fedsilo.models.scoped import ScopedModel
 from server.record import RunRecorder, TargetReached, _say
 from strategies import (
     ClientFailure,
-    PrivacyBudgetSpent,
     RoundLedger,
     build_strategy,
     short_reason,
 )
+from strategies.central_dp import PrivacyBudgetSpent
 
 app = ServerApp()
 

@@ -8,7 +8,6 @@ metrics from summed confusion matrices, and turns any client error or missing re
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from collections.abc import Iterable
@@ -21,7 +20,8 @@ from flwr.serverapp import strategy as fl
 from fedsilo.config import Scenario, sampled_per_round
 from fedsilo.metrics import confusion_from_flat, scores_from_confusion
 from fedsilo.models import arrays_nbytes
-from fedsilo.privacy.central import CentralAccount, clip_update
+from fedsilo.privacy.central import CentralAccount
+from strategies.central_dp import UniformMean, wrap_central_dp
 from strategies.scaffold import Scaffold
 from strategies.secagg import SecureAggregation
 
@@ -129,10 +129,6 @@ class RoundLedger:
                 self.bytes_up[server_round] = self.bytes_up.get(server_round, 0) + up
 
 
-class PrivacyBudgetSpent(Exception):
-    """The next round would take institution-level DP past privacy.central.max_epsilon."""
-
-
 class Tracked:
     """Mixin for a Flower strategy: bookkeeping and loud failure, aggregation untouched."""
 
@@ -165,23 +161,13 @@ class Tracked:
             raise ClientFailure(f"no institution trained in round {server_round}: every "
                                 f"sampled institution has spent its privacy budget "
                                 f"(privacy.max_epsilon)")
-        if stage == "training" and self.clip_on_server:
-            replies = self._clip_replies(replies)
         if stage == "training" and hasattr(self, "num_nodes_to_select"):
             self._record_selection(server_round, replies)
         out = agg(server_round, replies)
-        if stage == "training" and self.account is not None and out[0] is not None:
-            self.account.rounds += 1
-            self.ledger.central_dp[server_round]["epsilon"] = \
-                self.account.epsilon_after(self.account.rounds)
         if stage == "training" and out[0] is not None:
             out = (_as_sent_dtype(out[0], self._sent_dtypes), out[1])
         timing[f"{stage}_aggregate_s"] = time.perf_counter() - t0
         return out
-
-    account = None  # fedsilo.privacy.central.CentralAccount, with institution-level DP
-    clip_on_server = False  # privacy.central.mode 'server-*'
-    _current: ArrayRecord | None = None
 
     def _record_selection(self, server_round: int, replies: list[Message]) -> None:
         """Which institutions' updates Krum/MultiKrum keeps this round (Flower's own
@@ -195,35 +181,9 @@ class Tracked:
             self.ledger.by_index[int(c["metrics"]["institution-id"])]["institution"]
             for c in kept)
 
-    def _clip_replies(self, replies: list[Message]) -> list[Message]:
-        """Each update clipped to the current norm, with the bit adaptive clipping reads."""
-        x = {k: v.numpy() for k, v in self._current.items()}
-        for msg in replies:
-            if msg.has_error():
-                continue
-            rec = msg.content["arrays"]
-            y, bit = clip_update(x, {k: rec[k].numpy() for k in rec.keys()},
-                                 float(self.clipping_norm))
-            msg.content["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v))
-                                                 for k, v in y.items()})
-            msg.content["metrics"]["norm_bit"] = int(bit)
-        return replies
-
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._sent_dtypes = {k: v.numpy().dtype for k, v in arrays.items()}
-        self._current = arrays
-        if self.account is not None:  # a DP wrapper: account for the round before it runs
-            if self.account.would_exceed():
-                raise PrivacyBudgetSpent(
-                    f"round {server_round} would take institution-level epsilon to "
-                    f"{self.account.epsilon_after(self.account.rounds + 1):.3f}, past "
-                    f"privacy.central.max_epsilon = {self.account.cfg.max_epsilon}")
-            self.ledger.central_dp[server_round] = {
-                "clipping_norm": float(self.clipping_norm),
-                "update_noise_multiplier": float(self.noise_multiplier),
-                "noise_std": float(self.noise_multiplier * self.clipping_norm
-                                   / self.num_sampled_clients)}
         msgs = super().configure_train(server_round, arrays, config, grid)
         return self._sent(server_round, "training", msgs)
 
@@ -297,22 +257,6 @@ def strategy_params(s: Scenario) -> dict:
     }.get(st.name, {})
 
 
-class UniformMean:
-    """Mixin for FedAvg/FedProx: every institution's arrays weigh the same. Institution-level
-    DP needs it: its noise is calibrated to a mean of m clipped updates."""
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
-        if not valid:
-            return None, None
-        contents = [m.content for m in valid]
-        first = contents[0][self.arrayrecord_key]
-        arrays = ArrayRecord({k: Array(np.ascontiguousarray(np.mean(
-            [c[self.arrayrecord_key][k].numpy() for c in contents], axis=0,
-            dtype=np.float64).astype(first[k].numpy().dtype))) for k in first.keys()})
-        return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
-
-
 def build_strategy(s: Scenario, ledger: RoundLedger, num_nodes: int,
                    max_weight: float = 1.0) -> Tracked:
     """The scenario's strategy, sampling institutions as ``strategy.*`` says, with secure
@@ -337,7 +281,7 @@ def build_strategy(s: Scenario, ledger: RoundLedger, num_nodes: int,
         inner = type(f"{'SecAgg' if sa.enabled else 'Uniform'}{base.__name__}",
                      (*mixins, base), {})(**args)
         sampled = sampled_per_round(s, num_nodes)
-        strategy = wrap_central_dp(s, inner, sampled)
+        strategy = wrap_central_dp(central, inner, sampled, _tracked)
         strategy.account = CentralAccount(central, sampled, num_nodes)
     if sa.enabled:
         inner.secagg, inner.report = sa, ledger.secagg
@@ -345,39 +289,4 @@ def build_strategy(s: Scenario, ledger: RoundLedger, num_nodes: int,
         inner.timeout = st.round_timeout_s
         inner.names = {n: i["institution"] for n, i in ledger.roster.items()}
     strategy.ledger = ledger
-    return strategy
-
-
-class AdaptiveClipping(fl.DifferentialPrivacyClientSideAdaptiveClipping):
-    """Flower's adaptive-clipping wrapper with Andrew et al.'s norm update.
-
-    The paper moves the norm by C <- C exp(-lr (b - gamma)), where b is the (noisy) share
-    of updates left *unclipped* and gamma the target quantile. Flower 1.41 feeds its share
-    of *clipped* updates into the same formula, which moves the norm the wrong way (all
-    updates clipped -> the norm shrinks further). Here b is the unclipped share again.
-    """
-
-    def _geometric_update(self, clipped_fraction: float) -> None:
-        unclipped = 1.0 - clipped_fraction
-        self.clipping_norm *= math.exp(-self.clip_norm_lr
-                                       * (unclipped - self.target_clipped_quantile))
-
-
-def wrap_central_dp(s: Scenario, inner, sampled: int) -> Tracked:
-    """Flower's DP wrapper (noise on the mean, adaptive norm) around ``inner``, tracked.
-
-    Clipping is fedsilo's ``clip_update`` in every mode: on the node in ``client-*`` modes,
-    in ``Tracked`` before the wrapper sees the replies in ``server-*`` modes (Flower's
-    server-side wrappers divide by the update's norm, which fails on a zero update).
-    """
-    c = s.privacy.central
-    if c.mode.endswith("fixed"):
-        strategy = _tracked(fl.DifferentialPrivacyClientSideFixedClipping)(
-            inner, c.noise_multiplier, c.clip_norm, sampled)
-    else:
-        strategy = _tracked(AdaptiveClipping)(
-            inner, c.noise_multiplier, sampled, initial_clipping_norm=c.clip_norm,
-            target_clipped_quantile=c.target_quantile, clip_norm_lr=c.clip_lr,
-            clipped_count_stddev=c.clipped_count_std or sampled / 20)
-    strategy.clip_on_server = c.mode.startswith("server")
     return strategy

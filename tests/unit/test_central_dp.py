@@ -21,7 +21,8 @@ from flwr.app import (
 from clients.app import _clip_update
 from fedsilo.config import ConfigError, Scenario
 from fedsilo.privacy import central
-from strategies import PrivacyBudgetSpent, RoundLedger, build_strategy
+from strategies import RoundLedger, build_strategy
+from strategies.central_dp import PrivacyBudgetSpent
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 NODES = [11, 12, 13, 14, 15]
