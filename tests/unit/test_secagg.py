@@ -155,6 +155,30 @@ def test_a_dropout_after_key_sharing_is_recovered():
     assert ledger.secagg[1]["survived"] == 4
 
 
+def test_two_neighbours_dropping_after_key_sharing_are_recovered():
+    """Only the masks a dropped node shared with survivors are in the sum; those it shared
+    with another dropped node never were, and must not be removed."""
+    s = _scenario(**{"privacy.secagg.threshold": 2.0, "privacy.secagg.shares": 5.0})
+    x, updates, new, _grid, ledger = _run_round(
+        s, fail={102: "collect_masked_vectors", 104: "collect_masked_vectors"})
+    want = _weighted_mean(updates, [101, 103, 105])
+    for k in SHAPES:
+        assert np.abs((new[k].astype(np.float64) - x[k]) - want[k]).max() < 1e-4
+    assert sorted(ledger.secagg[1]["dropped"]) == ["inst-1", "inst-3"]
+
+
+@pytest.mark.parametrize("stage", ["setup", "share_keys", "unmask"])
+def test_a_dropout_in_any_other_stage_is_recovered(stage):
+    x, updates, new, _grid, ledger = _run_round(_scenario(), fail={104: stage})
+    # before masking: it is simply not in the sum; while unmasking: its vector is in the
+    # sum and the others' shares remove its mask
+    survivors = NODES if stage == "unmask" else [n for n in NODES if n != 104]
+    want = _weighted_mean(updates, survivors)
+    for k in SHAPES:
+        assert np.abs((new[k].astype(np.float64) - x[k]) - want[k]).max() < 1e-4
+    assert list(ledger.secagg[1]["dropped"]) == ["inst-3"]
+
+
 def test_too_many_dropouts_stop_the_run_naming_them():
     s = _scenario(**{"privacy.secagg.threshold": 4.0, "privacy.secagg.shares": 5.0})
     with pytest.raises(SecAggFailure, match="inst-1.*inst-3|inst-3.*inst-1"):
