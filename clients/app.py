@@ -57,13 +57,13 @@ def boundary_guard(msg: Message, context: Context, call_next) -> Message:
     return reply
 
 
-# boundary_guard sees exactly what leaves the node: with secure aggregation, masked vectors
 def _round_of(msg: Message) -> int:
     if "config" in msg.content:
         return int(msg.content["config"]["server-round"])
     return int(msg.metadata.group_id) if msg.metadata.group_id.isdigit() else 0
 
 
+# boundary_guard sees exactly what leaves the node: with secure aggregation, masked vectors
 app = ClientApp(mods=[boundary_guard, secure_aggregation])
 
 

@@ -18,12 +18,7 @@ from fedsilo.models import Head
 from fedsilo.models import backbone as bb
 from fedsilo.models.scoped import ScopedModel
 from server.record import RunRecorder, TargetReached, _say
-from strategies import (
-    ClientFailure,
-    RoundLedger,
-    build_strategy,
-    short_reason,
-)
+from strategies import ClientFailure, RoundLedger, build_strategy, short_reason
 from strategies.central_dp import PrivacyBudgetSpent
 
 app = ServerApp()
