@@ -49,7 +49,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--strategies", default="fedavg,fedmedian,krum,multikrum")
     ap.add_argument("--behaviour", default="scale",
-                    choices=("scale", "sign_flip", "noise", "label_flip"))
+                    choices=("scale", "sign_flip", "noise", "label_flip",
+                             "label_flip_scale"))
     ap.add_argument("--scale", type=float, default=100.0)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--seeds", default="42", help="comma-separated scenario seeds")
@@ -85,7 +86,7 @@ def main() -> None:
                        "-" if kept[0] is None else
                        f"{sum(kept)}/{args.rounds * len(INSTITUTIONS)}"])
     print(f"\nfinal global accuracy, one attacker ({args.behaviour}"
-          f"{f' x{args.scale:g}' if args.behaviour == 'scale' else ''}):")
+          f"{f' x{args.scale:g}' if 'scale' in args.behaviour else ''}):")
     print(format_table(rows, ["strategy", "clean"] + [f"{i} attacks" for i in INSTITUTIONS]
                        + ["mean drop (pts)", "max drop (pts)", "worst inst acc",
                           "attacker kept"]))

@@ -29,7 +29,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, KEY_NORM_BIT
 
 from clients.secagg import secure_aggregation
 from fedsilo import config
-from fedsilo.faults import attack_update, flip_labels
+from fedsilo.faults import attack_update, flip_labels, flips_labels
 from fedsilo.privacy.boundary import append_audit, check_reply, describe_reply
 from fedsilo.privacy.central import clip_update
 from fedsilo.privacy.dpsgd import dp_train
@@ -117,7 +117,7 @@ def train(msg: Message, context: Context) -> Message:
         seed = zlib.crc32(f"{scenario.scenario.seed}:{server_round}:{inst.name}".encode())
         malicious = inst.name in scenario.faults.attackers()
         labels = labels_of(inst, "train")
-        if malicious and scenario.faults.behaviour == "label_flip":
+        if malicious and flips_labels(scenario.faults):
             labels = flip_labels(labels, len(fed.labels))
         scaffold = CONTROL_KEY in msg.content
         correction = None

@@ -217,8 +217,10 @@ class FaultsSection:
     crash_from_round: int = _opt(1, "first round in which those clients raise", low=1)
     malicious: str = _opt("", "comma-separated institutions that attack with 'behaviour'")
     behaviour: str = _opt("scale", "what malicious institutions do",
-                          choices=("label_flip", "sign_flip", "scale", "noise"))
-    scale: float = _opt(100.0, "factor on the update for behaviour 'scale'")
+                          choices=("label_flip", "sign_flip", "scale", "noise",
+                                   "label_flip_scale"))
+    scale: float = _opt(100.0, "factor on the update for behaviours 'scale' and "
+                        "'label_flip_scale'")
     noise_std: float = _opt(1.0, "std of the update for behaviour 'noise'", low=0)
 
     def crashing(self) -> set[str]:

@@ -16,7 +16,7 @@ from flwr.app import (
 )
 
 from fedsilo.config import ConfigError, Scenario, TrainSection
-from fedsilo.faults import attack_update, flip_labels
+from fedsilo.faults import attack_update, flip_labels, flips_labels
 from fedsilo.training import scaffold as sc
 from strategies import RoundLedger, build_strategy
 from tests.unit.helpers import LinearHead
@@ -230,6 +230,12 @@ def test_attacks_transform_the_update_as_documented():
                           FaultsSection(behaviour="noise", noise_std=2.0), 0)
     assert abs(noise["w"].std() - 2.0) < 0.05 and abs(noise["w"].mean()) < 0.05
     np.testing.assert_array_equal(flip_labels(np.array([0, 3, 7]), 8), [7, 4, 0])
+    # boosted poisoning: trained on flipped labels (the client's part), then scaled
+    boosted = FaultsSection(behaviour="label_flip_scale", scale=100.0)
+    np.testing.assert_allclose(attack_update(x, y, boosted, 0)["w"], [101.0, -49.0])
+    assert flips_labels(boosted) and flips_labels(FaultsSection(behaviour="label_flip"))
+    assert not flips_labels(FaultsSection(behaviour="scale"))
+    assert attack_update(x, y, FaultsSection(behaviour="label_flip"), 0) is y
 
 
 def test_fedprox_puts_mu_in_every_training_message():
