@@ -118,8 +118,6 @@ class RunRecorder:
             extra["secagg"] = self.ledger.secagg[server_round]
         if server_round in self.ledger.central_dp:
             extra["central_dp"] = self.ledger.central_dp[server_round]
-        if server_round in self.ledger.dropped:
-            extra["dropped"] = self.ledger.dropped[server_round]
         if server_round in self.ledger.selected:
             extra["selected"] = self.ledger.selected[server_round]
         timing = dict(self.ledger.timing.get(server_round, {}))
@@ -161,7 +159,7 @@ class RunRecorder:
         notes = ""
         if "central_dp" in row:
             notes += f"  eps {row['central_dp'].get('epsilon', 0.0):.2f}"
-        dropped = (row.get("secagg") or {}).get("dropped") or row.get("dropped")
+        dropped = (row.get("secagg") or {}).get("dropped")
         if dropped:
             notes += f"  dropped: {', '.join(dropped)}"
         _say(f"round {r:>3}/{total}  acc {g['accuracy']:.3f}  macro-F1 {g['macro_f1']:.3f}  "

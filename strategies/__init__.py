@@ -74,7 +74,6 @@ class RoundLedger:
         self.bytes_down: dict[int, int] = {}
         self.bytes_up: dict[int, int] = {}
         self.sent: dict[tuple[int, str], list[int]] = {}
-        self.dropped: dict[int, dict[str, str]] = {}  # round -> institution -> why
         self.secagg: dict[int, dict] = {}  # round -> the protocol's cost and survivors
         self.central_dp: dict[int, dict] = {}  # round -> clipping norm and noise used
         self.selected: dict[int, list[str]] = {}  # round -> whose updates Krum kept
@@ -89,8 +88,8 @@ class RoundLedger:
     def check(self, server_round: int, stage: str, replies: list[Message],
               tolerate: bool = False) -> list[Message]:
         """Raise ClientFailure if any sampled institution errored or did not reply; with
-        ``tolerate`` (secure aggregation's training stage) record them as dropped instead,
-        and let the protocol decide whether the round can finish."""
+        ``tolerate`` (secure aggregation's training stage) pass the replies on: the protocol
+        records who dropped and decides whether the round can finish."""
         problems = []
         replied = set()
         for msg in replies:
@@ -106,12 +105,7 @@ class RoundLedger:
             if node not in replied:
                 problems.append(f"institution '{self.name_of(node)}' sent no {stage} reply "
                                 f"in round {server_round} (timed out)")
-        if problems and tolerate:
-            for p in problems:
-                name = re.match(r"institution '([^']+)'", p)
-                self.dropped.setdefault(server_round, {})[name.group(1) if name else p] = p
-            return replies
-        if problems:
+        if problems and not tolerate:
             raise ClientFailure("; ".join(problems))
         return replies
 
