@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test smoke lint docs clean
+.PHONY: run test test-fast smoke lint docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -21,13 +21,17 @@ test: $(STAMP)         ## lint, then the whole test suite, Ray simulations inclu
 	$(VENV)/bin/ruff check src server clients strategies tests benchmarks tools
 	$(VENV)/bin/python -m pytest -q $(ARGS)
 
+test-fast: $(STAMP)    ## lint, then the tests that start no process (seconds): the inner loop
+	$(VENV)/bin/ruff check src server clients strategies tests benchmarks tools
+	$(VENV)/bin/python -m pytest -q -m "not slow" $(ARGS)
+
 smoke: $(STAMP)        ## a tiny locally built BERT: seconds per round
 	$(VENV)/bin/fedsilo run configs/smoke.toml $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src server clients strategies tests benchmarks tools
 
-docs: $(STAMP)         ## regenerate the README's config reference and pyproject's app config
+docs: $(STAMP)         ## regenerate docs/configuration.md and pyproject's app config
 	$(VENV)/bin/python tools/sync_docs.py
 
 clean:

@@ -13,10 +13,9 @@ import numpy as np
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
-from flwr.compat.common import recorddict_compat as compat
 
-from fedsilo import config
+from fedsilo import config, protocol
+from fedsilo.flower_compat import RECORD_KEY_CONFIGS, fitres_to_recorddict
 
 
 def secure_aggregation(msg: Message, context: Context, call_next) -> Message:
@@ -31,20 +30,20 @@ def secure_aggregation(msg: Message, context: Context, call_next) -> Message:
         reply = call_next(m, ctx)
         if reply.has_error():
             raise RuntimeError(reply.error.reason)
-        received, trained = m.content["arrays"], reply.content["arrays"]
+        received, trained = m.content[protocol.ARRAYS], reply.content[protocol.ARRAYS]
         update = [np.asarray(trained[k].numpy(), dtype=np.float64)
                   - np.asarray(received[k].numpy(), dtype=np.float64)
                   for k in received.keys()]
-        metrics = reply.content["metrics"]
-        kept["metrics"] = metrics
-        weight = 1 if uniform else int(metrics["num-examples"])
+        metrics = reply.content[protocol.METRICS]
+        kept[protocol.METRICS] = metrics
+        weight = 1 if uniform else int(metrics[protocol.NUM_EXAMPLES])
         fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update), weight, {})
-        return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=m)
+        return Message(fitres_to_recorddict(fitres, keep_input=True), reply_to=m)
 
     out = secaggplus_mod(msg, context, update_as_fitres)
     if out.has_error():
         return out
     content = RecordDict({RECORD_KEY_CONFIGS: out.content.config_records[RECORD_KEY_CONFIGS]})
-    if "metrics" in kept:
-        content["metrics"] = kept["metrics"]
+    if protocol.METRICS in kept:
+        content[protocol.METRICS] = kept[protocol.METRICS]
     return Message(content, reply_to=msg)

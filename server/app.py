@@ -1,5 +1,5 @@
-"""The ServerApp, read top to bottom: scenario -> roster of institutions -> initial head ->
-strategy -> rounds (train, evaluate, record, checkpoint) -> summary."""
+"""The ServerApp, read top to bottom: scenario -> roster of institutions -> initial shared
+arrays -> strategy -> rounds (train, evaluate, record, checkpoint) -> summary."""
 
 from __future__ import annotations
 
@@ -10,77 +10,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsilo import config, results
+from fedsilo.arrays import to_record
 from fedsilo.models import Head
 from fedsilo.models import backbone as bb
 from fedsilo.models.scoped import ScopedModel
+from fedsilo.privacy import check_scenario
+from server.handshake import handshake
 from server.record import RunRecorder, TargetReached, _say
-from strategies import ClientFailure, RoundLedger, build_strategy, short_reason
+from strategies import RoundLedger, Tracked, build_strategy
 from strategies.central_dp import PrivacyBudgetSpent
 
 app = ServerApp()
 
 
-def handshake(grid: Grid, s: config.Scenario, wait_s: float = 60.0) -> dict[int, dict]:
-    """Ask every node which institution it serves; return node id -> its description."""
-    expected = config.known_institutions(s)
-    deadline = time.monotonic() + wait_s
-    nodes = list(grid.get_node_ids())
-    while expected is not None and len(nodes) < expected and time.monotonic() < deadline:
-        time.sleep(1.0)
-        nodes = list(grid.get_node_ids())
-    if expected is not None and len(nodes) != expected:
-        raise ClientFailure(f"the scenario has {expected} institutions but {len(nodes)} "
-                            f"nodes are connected")
-    msgs = [Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=n)
-            for n in nodes]
-    roster: dict[int, dict] = {}
-    problems, answered = [], set()
-    for reply in grid.send_and_receive(msgs, timeout=s.strategy.round_timeout_s):
-        node = reply.metadata.src_node_id
-        answered.add(node)
-        if reply.has_error():
-            problems.append(f"node {node} could not start: {short_reason(reply.error.reason)}")
-        else:
-            roster[node] = dict(reply.content["info"])
-    problems += [f"node {n} did not answer the handshake"
-                 for n in sorted(set(nodes) - answered)]
-    if problems:
-        raise ClientFailure("; ".join(problems))
-    names = [info["institution"] for info in roster.values()]
-    if len(set(names)) != len(names):
-        raise ClientFailure(f"two nodes serve the same institution: {sorted(names)}")
-    labels = {tuple(info["labels"]) for info in roster.values()}
-    if len(labels) != 1:
-        raise ClientFailure("institutions disagree on the label set")
-    return dict(sorted(roster.items(), key=lambda kv: kv[1]["index"]))
-
-
-def initial_arrays(s: config.Scenario, num_labels: int) -> ArrayRecord:
-    """The shared part at round 0: pretrained weights where they train, a seeded head (and
-    seeded LoRA adapters)."""
-    ref = bb.resolve(s.model.backbone, str(Path(s.simulation.cache_dir).resolve()))
-    if s.model.scope == "head":  # the backbone stays frozen: its weights are not needed
-        with torch.random.fork_rng():
-            torch.manual_seed(s.scenario.seed)  # as ScopedModel seeds its head
-            head = Head(ref.hidden_size, num_labels, s.model.head_hidden, s.model.dropout)
-        return ArrayRecord({f"head.{k}": Array(v.detach().numpy().copy())
-                            for k, v in head.state_dict().items()})
-    tokenizer, backbone = bb.load(ref.location)
-    # the scope unfreezes or wraps weights: work on a copy of the process's frozen backbone
-    model = ScopedModel(copy.deepcopy(backbone), tokenizer, s.model, num_labels,
-                        seed=s.scenario.seed)
-    arrays = model.get_arrays()
-    del model
-    return arrays
-
-
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     s = config.from_flat(dict(context.run_config))
+    check_scenario(s)
     if s.output.run_dir:  # `fedsilo run` made it, and finalises it after checking the outcome
         run(grid, s, Path(s.output.run_dir))
         return
@@ -110,19 +60,12 @@ def run(grid: Grid, s: config.Scenario, run_dir: Path) -> None:
                "initial_arrays_s": time.time() - t_handshake}
 
     ledger = RoundLedger(roster)
-    recorder = RunRecorder(s, run_dir, ledger, labels, startup)
     strategy = build_strategy(s, ledger, num_nodes=len(roster),
                               max_weight=max(int(i["num-train"]) for i in roster.values()))
+    recorder = RunRecorder(s, run_dir, ledger, labels, strategy, startup)
     np.random.seed(s.scenario.seed)  # Flower's DP wrappers draw their noise from numpy
-    strategy.on_round_start = recorder.on_round_start
-    recorder.strategy = strategy
     try:
-        result = strategy.start(grid=grid, initial_arrays=initial,
-                                num_rounds=s.scenario.rounds,
-                                timeout=s.strategy.round_timeout_s, train_config=ConfigRecord(),
-                                evaluate_config=ConfigRecord(),
-                                evaluate_fn=recorder.on_round_end)
-        final = result.arrays
+        final = run_rounds(grid, strategy, recorder, initial, s)
     except TargetReached:
         final = recorder.last_arrays
     except PrivacyBudgetSpent as exc:
@@ -136,3 +79,38 @@ def run(grid: Grid, s: config.Scenario, run_dir: Path) -> None:
     privacy = results.privacy_table(summary)
     if privacy:
         _say("\nprivacy:\n" + privacy)
+
+
+def run_rounds(grid: Grid, strategy: Tracked, recorder: RunRecorder, arrays: ArrayRecord,
+               s: config.Scenario) -> ArrayRecord:
+    """Rounds 1..N: train the sampled institutions and aggregate, evaluate, record."""
+    timeout = s.strategy.round_timeout_s
+    for r in range(1, s.scenario.rounds + 1):
+        msgs = list(strategy.configure_train(r, arrays, ConfigRecord(), grid))
+        recorder.on_round_start(r, len(msgs))
+        new, _ = strategy.aggregate_train(r, grid.send_and_receive(msgs, timeout=timeout))
+        if new is not None:
+            arrays = new
+        msgs = strategy.configure_evaluate(r, arrays, ConfigRecord(), grid)
+        strategy.aggregate_evaluate(r, grid.send_and_receive(msgs, timeout=timeout))
+        recorder.on_round_end(r, arrays)
+    return arrays
+
+
+def initial_arrays(s: config.Scenario, num_labels: int) -> ArrayRecord:
+    """The shared part at round 0: pretrained weights where they train, a seeded head (and
+    seeded LoRA adapters)."""
+    ref = bb.resolve(s.model.backbone, str(Path(s.simulation.cache_dir).resolve()))
+    if s.model.scope == "head":  # the backbone stays frozen: its weights are not needed
+        with torch.random.fork_rng():
+            torch.manual_seed(s.scenario.seed)  # as ScopedModel seeds its head
+            head = Head(ref.hidden_size, num_labels, s.model.head_hidden, s.model.dropout)
+        return to_record({f"head.{k}": v.detach().numpy().copy()
+                          for k, v in head.state_dict().items()})
+    tokenizer, backbone = bb.load(ref.location)
+    # the scope unfreezes or wraps weights: work on a copy of the process's frozen backbone
+    model = ScopedModel(copy.deepcopy(backbone), tokenizer, s.model, num_labels,
+                        seed=s.scenario.seed)
+    arrays = to_record(model.get_arrays())
+    del model
+    return arrays

@@ -3,7 +3,6 @@ then the summary, the final head and the plot."""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -12,8 +11,9 @@ import numpy as np
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
 from fedsilo import results
+from fedsilo.arrays import from_record
 from fedsilo.config import Scenario
-from strategies import RoundLedger, aggregate_evaluate_metrics, strategy_state
+from strategies import RoundLedger, Tracked, aggregate_evaluate_metrics
 
 
 def _say(text: str) -> None:
@@ -36,25 +36,26 @@ class TargetReached(Exception):
 
 
 class RunRecorder:
+    """Per round: the metrics row, the checkpoint and the progress line; at the end: the
+    summary, the final head and the plot."""
+
     def __init__(self, s: Scenario, run_dir: Path, ledger: RoundLedger, labels: list[str],
-                 startup: dict | None = None):
+                 strategy: Tracked, startup: dict | None = None):
         self.s, self.run_dir, self.ledger, self.labels = s, run_dir, ledger, labels
+        self.strategy = strategy  # its state goes into every checkpoint
         self.startup = dict(startup or {})
         self.t_start = time.perf_counter()
         self.t_round = self.t_start
         self.started_at = time.time()
         self.first_round_started: float | None = None
         self.first_round_started_at: float | None = None
-        self.rows: list[dict] = []
+        self.log = results.RunLog(run_dir)
+        self.rows = self.log.rows
         self.last_arrays: ArrayRecord | None = None
-        self.strategy = None  # set by the ServerApp, for its state in checkpoints
         self.stopped_early = False
-        (run_dir / "metrics.jsonl").write_text("")
 
     # -- per round --------------------------------------------------------------------
-    def on_round_start(self, server_round: int, stage: str, num_nodes: int) -> None:
-        if stage != "training":
-            return
+    def on_round_start(self, server_round: int, num_nodes: int) -> None:
         if self.first_round_started is None:
             self.first_round_started = time.perf_counter()
             self.first_round_started_at = time.time()
@@ -63,19 +64,15 @@ class RunRecorder:
             _say(f"round 1/{self.s.scenario.rounds}: {num_nodes} institutions training, "
                  f"{cache}...")
 
-    def on_round_end(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Flower's evaluate_fn hook: runs after each round's aggregation and evaluation."""
-        if server_round == 0:
-            return None
+    def on_round_end(self, server_round: int, arrays: ArrayRecord) -> None:
+        """After each round's aggregation and evaluation: record, checkpoint, report."""
         t0 = time.perf_counter()
         self._checkpoint(server_round, arrays)
         now = time.perf_counter()
         row = self._row(server_round, now - self.t_round)
         row["timing"]["checkpoint_s"] = now - t0
         self.t_round = now
-        self.rows.append(row)
-        with (self.run_dir / "metrics.jsonl").open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        self.log.append(row)
         self._progress(row)
         self.last_arrays = arrays
         g = row["global"]
@@ -84,7 +81,6 @@ class RunRecorder:
             self.stopped_early = True
             _say(f"target accuracy {target} reached in round {server_round}: stopping")
             raise TargetReached()
-        return MetricRecord({"accuracy": g["accuracy"], "macro-f1": g["macro_f1"]})
 
     def _row(self, server_round: int, wall: float) -> dict:
         train = self.ledger.train.get(server_round, {})
@@ -140,10 +136,8 @@ class RunRecorder:
     def _checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
         state = {"rounds": self.s.scenario.rounds, "seed": self.s.scenario.seed,
                  "strategy": self.s.strategy.name, "labels": self.labels}
-        results.write_checkpoint(self.run_dir, server_round,
-                                 {k: v.numpy() for k, v in arrays.items()},
-                                 strategy_state(self.strategy) if self.strategy else {},
-                                 state)
+        results.write_checkpoint(self.run_dir, server_round, from_record(arrays),
+                                 self.strategy.state(), state)
 
     def _progress(self, row: dict) -> None:
         r, total = row["round"], self.s.scenario.rounds
@@ -184,14 +178,14 @@ class RunRecorder:
                 if "privacy" in v:
                     last[name] = v["privacy"]
         out: dict = {"institutions": last, "server": None, "secure_aggregation": None}
-        account = getattr(self.strategy, "account", None)
+        account = self.strategy.account
         if account is not None:
             used = [r["central_dp"] for r in self.rows if "central_dp" in r]
             out["server"] = account.report(
                 clip_norm=used[-1]["clipping_norm"] if used else p.central.clip_norm,
                 update_noise_multiplier=used[-1]["update_noise_multiplier"] if used
                 else p.central.noise_multiplier,
-                clipped_count_std=getattr(self.strategy, "clipped_count_stddev", None))
+                clipped_count_std=getattr(self.strategy.inner, "clipped_count_stddev", None))
         if p.secagg.enabled:
             rounds = [r["secagg"] for r in self.rows if "secagg" in r]
             out["secure_aggregation"] = {
@@ -214,38 +208,28 @@ class RunRecorder:
     # -- end of run -------------------------------------------------------------------
     def finish(self, arrays: ArrayRecord) -> dict:
         wall = time.perf_counter() - self.t_start
-        results.save_arrays(self.run_dir / "head.npz", {k: v.numpy() for k, v in
-                                                        arrays.items()})
-        last = self.rows[-1]
-        best = max(self.rows, key=lambda r: r["global"]["accuracy"])
+        final = from_record(arrays)
+        results.save_arrays(self.run_dir / "head.npz", final)
         before = (self.first_round_started or self.t_start) - self.t_start
-        summary = {
-            "status": "completed",
-            "stopped_early": self.stopped_early,
-            "scenario": self.s.scenario.name,
-            "rounds": len(self.rows),
-            "final": {"round": last["round"], "global": last["global"],
-                      "institutions": last["institutions"]},
-            "best": {"round": best["round"], "global": best["global"]},
-            "first_round": {"global": self.rows[0]["global"]},
-            "wall_time_s": wall,
-            "started_at": self.started_at,
-            "first_round_started_at": self.first_round_started_at,
-            "before_first_round_s": before,
-            "startup": self.startup,
-            "first_round_s": self.rows[0]["wall_time_s"],
-            "bytes": {"up": sum(r["bytes_up"] for r in self.rows),
-                      "down": sum(r["bytes_down"] for r in self.rows),
-                      "per_round_up": last["bytes_up"], "per_round_down": last["bytes_down"]},
-            "model": {"backbone": self.s.model.backbone, "scope": self.s.model.scope,
-                      "shared_parameters": int(sum(v.numpy().size for v in arrays.values()))},
-            "labels": self.labels,
-            "strategy": {"name": self.s.strategy.name},
-            "malicious": {n: self.s.faults.behaviour for n in sorted(self.s.faults.attackers())},
+        summary = results.summarise(
+            self.rows,
+            stopped_early=self.stopped_early,
+            scenario=self.s.scenario.name,
+            wall_time_s=wall,
+            started_at=self.started_at,
+            first_round_started_at=self.first_round_started_at,
+            before_first_round_s=before,
+            startup=self.startup,
+            first_round_s=self.rows[0]["wall_time_s"],
+            bytes={"up": sum(r["bytes_up"] for r in self.rows),
+                   "down": sum(r["bytes_down"] for r in self.rows),
+                   "per_round_up": self.rows[-1]["bytes_up"],
+                   "per_round_down": self.rows[-1]["bytes_down"]},
+            model={"backbone": self.s.model.backbone, "scope": self.s.model.scope,
+                   "shared_parameters": int(sum(v.size for v in final.values()))},
+            labels=self.labels,
+            strategy={"name": self.s.strategy.name},
+            malicious={n: self.s.faults.behaviour for n in sorted(self.s.faults.attackers())},
             **self._selection(),
-            "privacy": self._privacy(),
-        }
-        results.write_json(self.run_dir / "summary.json", summary)
-        if self.s.output.plot:
-            results.plot_accuracy(self.run_dir, self.rows)
-        return summary
+            privacy=self._privacy())
+        return self.log.finish(summary, plot=self.s.output.plot)

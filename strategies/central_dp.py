@@ -13,10 +13,12 @@ import math
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp import strategy as fl
 
+from fedsilo import protocol
+from fedsilo.arrays import from_record, to_record
 from fedsilo.config import CentralDPSection
 from fedsilo.privacy.central import CentralAccount, clip_update
 
@@ -34,11 +36,18 @@ class UniformMean:
         if not valid:
             return None, None
         contents = [m.content for m in valid]
-        first = contents[0][self.arrayrecord_key]
-        arrays = ArrayRecord({k: Array(np.ascontiguousarray(np.mean(
-            [c[self.arrayrecord_key][k].numpy() for c in contents], axis=0,
-            dtype=np.float64).astype(first[k].numpy().dtype))) for k in first.keys()})
-        return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        first = from_record(contents[0][self.arrayrecord_key])
+        mean = {k: np.mean([c[self.arrayrecord_key][k].numpy() for c in contents], axis=0,
+                           dtype=np.float64).astype(first[k].dtype) for k in first}
+        return to_record(mean), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+
+
+class UniformFedAvg(UniformMean, fl.FedAvg):
+    """FedAvg with equal weights."""
+
+
+class UniformFedProx(UniformMean, fl.FedProx):
+    """FedProx with equal weights."""
 
 
 class AdaptiveClipping(fl.DifferentialPrivacyClientSideAdaptiveClipping):
@@ -58,10 +67,12 @@ class AdaptiveClipping(fl.DifferentialPrivacyClientSideAdaptiveClipping):
 
 class CentralDP:
     """Mixin over a Flower DP wrapper: the round's account before it runs, server-side
-    clipping before the wrapper sees the replies, the epsilon after it is released."""
+    clipping before the wrapper sees the replies, the epsilon after it is released.
+    ``report`` (round -> norm, noise, epsilon) is the run ledger's ``central_dp``."""
 
     account: CentralAccount
-    clip_on_server = False  # privacy.central.mode 'server-*'
+    clip_on_server: bool
+    report: dict[int, dict]
     _current: ArrayRecord | None = None
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -72,7 +83,7 @@ class CentralDP:
                 f"{self.account.epsilon_after(self.account.rounds + 1):.3f}, past "
                 f"privacy.central.max_epsilon = {self.account.cfg.max_epsilon}")
         self._current = arrays
-        self.ledger.central_dp[server_round] = {
+        self.report[server_round] = {
             "clipping_norm": float(self.clipping_norm),
             "update_noise_multiplier": float(self.noise_multiplier),
             "noise_std": float(self.noise_multiplier * self.clipping_norm
@@ -86,35 +97,39 @@ class CentralDP:
         out = super().aggregate_train(server_round, replies)
         if out[0] is not None:  # a noisy aggregate was released
             self.account.rounds += 1
-            self.ledger.central_dp[server_round]["epsilon"] = \
-                self.account.epsilon_after(self.account.rounds)
+            self.report[server_round]["epsilon"] = self.account.epsilon_after(
+                self.account.rounds)
         return out
 
     def _clip(self, replies: list[Message]) -> None:
         """Each update clipped to the current norm, with the bit adaptive clipping reads."""
-        x = {k: v.numpy() for k, v in self._current.items()}
+        x = from_record(self._current)
         for msg in replies:
             if msg.has_error():
                 continue
-            rec = msg.content["arrays"]
-            y, bit = clip_update(x, {k: rec[k].numpy() for k in rec.keys()},
+            y, bit = clip_update(x, from_record(msg.content[protocol.ARRAYS]),
                                  float(self.clipping_norm))
-            msg.content["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v))
-                                                 for k, v in y.items()})
-            msg.content["metrics"]["norm_bit"] = int(bit)
+            msg.content[protocol.ARRAYS] = to_record(y)
+            msg.content[protocol.METRICS][protocol.NORM_BIT] = int(bit)
 
 
-def wrap_central_dp(c: CentralDPSection, inner, sampled: int, track):
-    """``inner`` inside Flower's DP wrapper for ``c.mode``, with ``CentralDP`` and the
-    bookkeeping mixin (``track``) around it."""
-    if c.mode.endswith("fixed"):
-        cls = track(type("CentralDPFixed", (CentralDP,
-                                            fl.DifferentialPrivacyClientSideFixedClipping), {}))
-        strategy = cls(inner, c.noise_multiplier, c.clip_norm, sampled)
-    else:
-        cls = track(type("CentralDPAdaptive", (CentralDP, AdaptiveClipping), {}))
-        strategy = cls(inner, c.noise_multiplier, sampled, initial_clipping_norm=c.clip_norm,
-                       target_clipped_quantile=c.target_quantile, clip_norm_lr=c.clip_lr,
-                       clipped_count_stddev=c.clipped_count_std or sampled / 20)
-    strategy.clip_on_server = c.mode.startswith("server")
-    return strategy
+class CentralDPFixed(CentralDP, fl.DifferentialPrivacyClientSideFixedClipping):
+    """DP-FedAvg with a fixed clipping norm."""
+
+    def __init__(self, inner, c: CentralDPSection, sampled: int, account: CentralAccount,
+                 report: dict[int, dict]):
+        super().__init__(inner, c.noise_multiplier, c.clip_norm, sampled)
+        self.account, self.report = account, report
+        self.clip_on_server = c.mode.startswith("server")
+
+
+class CentralDPAdaptive(CentralDP, AdaptiveClipping):
+    """DP-FedAvg with the clipping norm adapted to a quantile of the update norms."""
+
+    def __init__(self, inner, c: CentralDPSection, sampled: int, account: CentralAccount,
+                 report: dict[int, dict]):
+        super().__init__(inner, c.noise_multiplier, sampled, initial_clipping_norm=c.clip_norm,
+                         target_clipped_quantile=c.target_quantile, clip_norm_lr=c.clip_lr,
+                         clipped_count_stddev=c.clipped_count_std or sampled / 20)
+        self.account, self.report = account, report
+        self.clip_on_server = c.mode.startswith("server")

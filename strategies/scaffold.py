@@ -14,20 +14,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedsilo.training.scaffold import CONTROL_KEY, DELTA_C_KEY, server_update
-
-
-def _np(rec: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in rec.items()}
-
-
-def _rec(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v, dtype=np.float32))
-                        for k, v in arrays.items()})
+from fedsilo.arrays import Arrays, from_record, to_record
+from fedsilo.protocol import SCAFFOLD_CONTROL, SCAFFOLD_DELTA_C
+from fedsilo.training.scaffold import server_update
 
 
 class Scaffold(FedAvg):
@@ -36,13 +29,13 @@ class Scaffold(FedAvg):
     def __init__(self, *, server_lr: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         self.server_lr = server_lr
-        self.control: dict[str, np.ndarray] | None = None
-        self.current: dict[str, np.ndarray] | None = None
+        self.control: Arrays | None = None
+        self.current: Arrays | None = None
         self.num_total = 0
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self.current = _np(arrays)
+        self.current = from_record(arrays)
         if self.control is None:
             self.control = {k: np.zeros_like(v, dtype=np.float32)
                             for k, v in self.current.items()}
@@ -50,7 +43,7 @@ class Scaffold(FedAvg):
         msgs = list(super().configure_train(server_round, arrays, config, grid))
         for m in msgs:  # each message gets its own record: add c beside x
             m.content = RecordDict({self.arrayrecord_key: arrays,
-                                    CONTROL_KEY: _rec(self.control),
+                                    SCAFFOLD_CONTROL: to_record(self.control, np.float32),
                                     self.configrecord_key: m.content[self.configrecord_key]})
         return msgs
 
@@ -59,13 +52,9 @@ class Scaffold(FedAvg):
         valid, _ = self._check_and_log_replies(list(replies), is_train=True, validate=False)
         if not valid:
             return None, None
-        delta_y = [_np(m.content[self.arrayrecord_key]) for m in valid]
-        delta_c = [_np(m.content[DELTA_C_KEY]) for m in valid]
-        x, self.control = server_update(self.current, self.control, delta_y,
-                                                 delta_c, self.server_lr, self.num_total)
+        delta_y = [from_record(m.content[self.arrayrecord_key]) for m in valid]
+        delta_c = [from_record(m.content[SCAFFOLD_DELTA_C]) for m in valid]
+        x, self.control = server_update(self.current, self.control, delta_y, delta_c,
+                                        self.server_lr, self.num_total)
         metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
-        return _rec(x), metrics
-
-    def state(self) -> dict[str, np.ndarray]:
-        """What a checkpoint must keep to resume: the server control variate."""
-        return dict(self.control or {})
+        return to_record(x, np.float32), metrics

@@ -32,24 +32,30 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.common import bytes_to_ndarray
-from flwr.common.secure_aggregation.crypto.shamir import combine_shares
-from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
-from flwr.common.secure_aggregation.ndarrays_arithmetic import (
+from flwr.serverapp import Grid
+from flwr.serverapp import strategy as fl
+
+from fedsilo import protocol
+from fedsilo.arrays import from_record, to_record
+from fedsilo.config import SecAggSection
+from fedsilo.flower_compat import (
+    RECORD_KEY_CONFIGS,
+    Key,
+    Stage,
+    bytes_to_private_key,
+    bytes_to_public_key,
+    combine_shares,
+    dequantize,
     factor_extract,
+    generate_shared_key,
     get_parameters_shape,
     parameters_addition,
     parameters_mod,
     parameters_subtraction,
+    pseudo_rand_gen,
 )
-from flwr.common.secure_aggregation.quantization import dequantize
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
-from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
-from flwr.serverapp import Grid
-from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
-
-from fedsilo.config import SecAggSection
 
 MOD_RANGE = 2 ** 32
 
@@ -105,25 +111,23 @@ class _Round:
 class SecureAggregation:
     """Mixin for FedAvg/FedProx: training replies are summed under SecAgg+.
 
-    Set ``secagg`` (the scenario's section), ``max_weight`` (the largest weight a node may
-    use), ``uniform`` (equal weights, for institution-level DP) and ``timeout`` after
-    construction. ``names`` maps node ids to institutions for messages.
+    ``secagg``: the scenario's section; ``max_weight``: the largest weight a node may use
+    (1 under institution-level DP, whose weights are equal); ``timeout``: seconds to wait in
+    each stage; ``names``: node id -> institution, for messages; ``report``: round ->
+    survivors, dropouts, seconds and bytes (the run ledger's ``secagg``).
     """
 
-    secagg: SecAggSection
-    max_weight: float = 1.0
-    uniform: bool = False
-    timeout: float | None = None
-    names: dict[int, str] = {}
-    report: dict[int, dict] = {}  # round -> survivors, dropouts, seconds and bytes
-    rounds: dict[int, _Round]
+    def __init__(self, *, secagg: SecAggSection, max_weight: float, timeout: float | None,
+                 names: dict[int, str], report: dict[int, dict], **kwargs):
+        super().__init__(**kwargs)
+        self.secagg, self.max_weight, self.timeout = secagg, max_weight, timeout
+        self.names, self.report = names, report
+        self.rounds: dict[int, _Round] = {}
 
     # -- the protocol's first two stages run before the training message is sent -------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid):
         msgs = list(super().configure_train(server_round, arrays, config, grid))
-        if not hasattr(self, "rounds"):
-            self.rounds = {}
         self._grid, self._current = grid, arrays
         nodes = [m.metadata.dst_node_id for m in msgs]
         if len(nodes) < 2:
@@ -248,15 +252,14 @@ class SecureAggregation:
         t0 = time.perf_counter()
         mean_update = self._unmask(server_round, st, total)
         st.cost["unmask_s"] = time.perf_counter() - t0
-        current = self._current
-        arrays = ArrayRecord({
-            k: Array(np.ascontiguousarray(
-                (current[k].numpy().astype(np.float64) + u).astype(current[k].numpy().dtype)))
-            for k, u in zip(current.keys(), mean_update, strict=True)})
+        current = from_record(self._current)
+        arrays = to_record({k: (x.astype(np.float64) + u).astype(x.dtype)
+                            for (k, x), u in zip(current.items(), mean_update, strict=True)})
         # the metrics are the declared per-institution scalars, in the clear
         contents = [r.content for r in ok]
         metrics = self.train_metrics_aggr_fn(
-            [RecordDict({"metrics": c["metrics"]}) for c in contents], self.weighted_by_key)
+            [RecordDict({protocol.METRICS: c[protocol.METRICS]}) for c in contents],
+            self.weighted_by_key)
         self.report[server_round] = {"institutions": len(st.sampled), "survived": len(st.active),
                            "shares": st.shares, "threshold": st.threshold,
                            "dropped": {self.names.get(n, str(n)): why
@@ -306,3 +309,11 @@ class SecureAggregation:
         out = dequantize(summed, clip, q_range)
         offset = -(len(survivors) - 1) * clip
         return [(v + offset) * (q_range / weight_sum) for v in out]
+
+
+class SecAggFedAvg(SecureAggregation, fl.FedAvg):
+    """FedAvg whose training replies are summed under SecAgg+."""
+
+
+class SecAggFedProx(SecureAggregation, fl.FedProx):
+    """FedProx whose training replies are summed under SecAgg+."""

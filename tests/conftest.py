@@ -21,7 +21,6 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def flower_identity():
     """Flower messages need a task identity; a simulation sets one, unit tests set this."""
-    from flwr.supercore.task_identity import TaskIdentity
+    from fedsilo.flower_compat import set_task_identity
 
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    return TaskIdentity
+    set_task_identity(task_id=1, run_id=1, node_id=0)

@@ -1,11 +1,10 @@
-"""Regenerate what is derived from fedsilo.config: the README's configuration reference and
-the [tool.flwr.app.config] table of pyproject.toml. Run with `make docs`; tests check both."""
+"""Regenerate what is derived from fedsilo.config: docs/configuration.md (every key, its
+default and meaning) and the [tool.flwr.app.config] table of pyproject.toml. Run with
+`make docs`; tests check both."""
 
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 import tomli_w
@@ -13,16 +12,26 @@ import tomli_w
 from fedsilo import config
 
 ROOT = Path(__file__).resolve().parents[1]
+HEADER = """# Configuration reference
+
+Every key of a scenario, its default and its meaning. A scenario file (`configs/*.toml`)
+holds only what differs from these defaults; `--set KEY=VALUE` overrides one key (the value
+is read as TOML). `fedsilo keys` prints the same list; this page is generated from
+`src/fedsilo/config.py` by `make docs`, and a test keeps the two equal.
+
+"""
+
+
+def reference() -> str:
+    """The whole page, from the code."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for key, default, help_text in config.describe():
+        lines.append(f"| `{key}` | `{config.shown(default)}` | {help_text} |")
+    return HEADER + "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    table = subprocess.run([sys.executable, "-m", "fedsilo.cli", "keys", "--markdown"],
-                           capture_output=True, text=True, check=True).stdout
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    start = text.index("<!-- keys:start -->") + len("<!-- keys:start -->")
-    readme.write_text(text[:start] + "\n" + table + text[text.index("<!-- keys:end -->"):])
-
+    (ROOT / "docs" / "configuration.md").write_text(reference())
     pyproject = ROOT / "pyproject.toml"
     text = pyproject.read_text()
     marker = "[tool.flwr.app.config.scenario]"

@@ -12,9 +12,7 @@ federated runs.
 
 from __future__ import annotations
 
-import json
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,7 @@ from fedsilo.config import Scenario
 from fedsilo.data import build_federation
 from fedsilo.metrics import scores_from_confusion
 from fedsilo.silo import features, runtime_for
-from fedsilo.training import evaluate, local_train
+from fedsilo.training import evaluate, local_train, round_seed
 from fedsilo.training.features import CachedFeatures, FeatureSource, LiveFeatures
 
 MODES = ("local-only", "centralized")
@@ -63,12 +61,12 @@ def run_baseline(s: Scenario, mode: str) -> Path:
     t0 = time.time()
     fed = build_federation(s)
     rt = runtime_for(s)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     run_dir = results.new_run_dir(s.replace(**{"scenario.name": f"{s.scenario.name}-{mode}"}))
     with results.RunDirectory(run_dir) as rd:
         from fedsilo.config import to_toml
 
         (run_dir / "config.toml").write_text(to_toml(s))
+        log = results.RunLog(run_dir)
         num_labels = len(fed.labels)
         model = rt.model(s.model, num_labels, seed=s.scenario.seed)
         start = model.get_arrays()
@@ -95,7 +93,6 @@ def run_baseline(s: Scenario, mode: str) -> Path:
         else:
             owners = {i.name: [i] for i in fed.institutions}
         weights = {o: start for o in owners}
-        rows = []
         for r in range(1, s.scenario.rounds + 1):
             t_round = time.perf_counter()
             losses = {}
@@ -103,30 +100,20 @@ def run_baseline(s: Scenario, mode: str) -> Path:
                 model.set_arrays(weights[owner])
                 source = pooled_source([train[i.name] for i in insts])
                 labels = np.concatenate([i.train_labels for i in insts])
-                seed = zlib.crc32(f"{s.scenario.seed}:{r}:{owner}".encode())
-                stats = local_train(model, source, labels, s.train, seed, rt.device)
+                stats = local_train(model, source, labels, s.train,
+                                    round_seed(s.scenario.seed, r, owner), rt.device)
                 weights[owner] = model.get_arrays()
                 losses[owner] = stats.loss
             row = _row(r, mode, owners, weights, scores, union, losses)
             row["wall_time_s"] = time.perf_counter() - t_round
-            rows.append(row)
+            log.append(row)
             g = row["global"]
             print(f"{mode} round {r:>3}/{s.scenario.rounds}  acc {g['accuracy']:.3f}  "
                   f"macro-F1 {g['macro_f1']:.3f}", flush=True)
-        with (run_dir / "metrics.jsonl").open("w") as fh:
-            for row in rows:
-                fh.write(json.dumps(row) + "\n")
-        last = rows[-1]
-        summary = {"status": "completed", "mode": mode, "scenario": s.scenario.name,
-                   "rounds": len(rows),
-                   "final": {"round": last["round"], "global": last["global"],
-                             "institutions": last["institutions"]},
-                   "first_round": {"global": rows[0]["global"]},
-                   "wall_time_s": time.time() - t0, "labels": list(fed.labels),
-                   "model": {"backbone": s.model.backbone, "scope": s.model.scope}}
-        results.write_json(run_dir / "summary.json", summary)
-        if s.output.plot:
-            results.plot_accuracy(run_dir, rows)
+        log.finish(results.summarise(
+            log.rows, mode=mode, scenario=s.scenario.name, wall_time_s=time.time() - t0,
+            labels=list(fed.labels),
+            model={"backbone": s.model.backbone, "scope": s.model.scope}), plot=s.output.plot)
     return rd.final
 
 

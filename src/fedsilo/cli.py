@@ -151,9 +151,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         print("| key | default | meaning |\n|---|---|---|")
     for key, default, help_text in config.describe():
         if args.markdown:
-            shown = f'"{default}"' if isinstance(default, str) else str(default).lower() \
-                if isinstance(default, bool) else str(default)
-            print(f"| `{key}` | `{shown}` | {help_text} |")
+            print(f"| `{key}` | `{config.shown(default)}` | {help_text} |")
         else:
             print(f"{key} = {default!r}\n    {help_text}")
     return 0

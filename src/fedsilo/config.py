@@ -108,7 +108,7 @@ class TrainSection:
 
 @dataclass(frozen=True)
 class StrategySection:
-    name: str = _opt("fedavg", "aggregation strategy (README: Strategies)",
+    name: str = _opt("fedavg", "aggregation strategy (docs/strategies.md)",
                      choices=("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi",
                               "fedadagrad", "fedmedian", "fedtrimmedavg", "krum",
                               "multikrum", "scaffold"))
@@ -194,7 +194,7 @@ class SecAggSection:
 
 @dataclass(frozen=True)
 class PrivacySection:
-    dp: bool = _opt(False, "record-level DP-SGD inside each institution (README: Privacy)")
+    dp: bool = _opt(False, "record-level DP-SGD inside each institution (docs/privacy.md)")
     noise_multiplier: float = _opt(1.0, "DP-SGD: noise std over max_grad_norm", low=0,
                                    low_open=True)
     target_epsilon: float = _opt(0.0, "DP-SGD: derive the noise multiplier so that each "
@@ -368,14 +368,6 @@ def _check_privacy(s: Scenario) -> None:
         raise ConfigError(f"config: 'privacy.central.mode' = '{central.mode}' needs "
                           f"'strategy.name' = 'fedavg' or 'fedprox' (its noise is "
                           f"calibrated to a plain mean), got '{s.strategy.name}'")
-    if central.mode != "off":
-        from fedsilo.privacy.central import epsilon
-
-        first = epsilon(central.noise_multiplier, 1, central.delta)
-        if central.max_epsilon and first > central.max_epsilon:
-            raise ConfigError(f"config: 'privacy.central.max_epsilon' = "
-                              f"{central.max_epsilon} is below the epsilon of a single "
-                              f"round ({first:.3f}): no round could run")
     if central.mode.endswith("adaptive") and (n := known_institutions(s)):
         m = sampled_per_round(s, n)
         count_std = central.clipped_count_std or m / 20
@@ -468,8 +460,15 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
 
 
 def describe() -> list[tuple[str, Any, str]]:
-    """(key, default, help) for every knob, in order: the README table is made from this."""
+    """(key, default, help) for every knob, in order: docs/configuration.md is made from this."""
     return [(k, DEFAULTS[k], f.metadata.get("help", "")) for k, f in FIELDS.items()]
+
+
+def shown(value: Any) -> str:
+    """A default as it is written in a TOML file."""
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def to_toml(s: Scenario) -> str:

@@ -42,8 +42,10 @@ def preflight(s: Scenario):
     """Fail before anything starts: bad data, unloadable backbone, missing device."""
     from fedsilo.data import build_federation
     from fedsilo.models import backbone as bb
+    from fedsilo.privacy import check_scenario
     from fedsilo.silo import resolve_device
 
+    check_scenario(s)
     cache = Path(s.simulation.cache_dir).resolve()
     fed = build_federation(s)
     ref = bb.resolve(s.model.backbone, str(cache))
@@ -207,15 +209,9 @@ def simulate(s: Scenario, verbose: bool = False) -> RunOutcome:
 def _launch(s: Scenario, fed, device, run_dir: Path, cache_dir: Path, ray_tmp: Path,
             verbose: bool) -> None:
     """The ServerApp and ClientApps by reference, on Flower's simulation runtime."""
-    from flwr.app import Context, RecordDict
-    from flwr.simulation.run_simulation import _run_simulation
-
-    from fedsilo.flower_compat import new_run
+    from fedsilo.flower_compat import run_simulation_by_reference
 
     app_dir = write_app_dir(cache_dir)
-    run = new_run(s.flat())
-    ctx = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(),
-                  run_config=s.flat())
     gpus = s.simulation.gpus_per_client if device.type == "cuda" else 0.0
     init_args = {"_temp_dir": str(ray_tmp), "include_dashboard": False,
                  "logging_level": logging.DEBUG if verbose else logging.ERROR,
@@ -229,10 +225,9 @@ def _launch(s: Scenario, fed, device, run_dir: Path, cache_dir: Path, ray_tmp: P
           f"{s.scenario.rounds} rounds, backbone '{s.model.backbone}', scope "
           f"'{s.model.scope}', device {device.type}; run directory {run_dir.name}",
           flush=True)
-    _run_simulation(num_supernodes=len(fed.institutions), exit_event=_exit_event(),
-                    backend_config=backend_config, client_app_attr=CLIENT_APP,
-                    server_app_attr=SERVER_APP, server_app_context=ctx,
-                    app_dir=str(app_dir), run=run, verbose_logging=verbose, is_app=True)
+    run_simulation_by_reference(s.flat(), num_supernodes=len(fed.institutions),
+                                backend_config=backend_config, server_app=SERVER_APP,
+                                client_app=CLIENT_APP, app_dir=str(app_dir), verbose=verbose)
 
 
 def _stop_everything(token: str, handler, ray_tmp: Path | None) -> None:
@@ -263,12 +258,6 @@ def _shown(p: Path) -> str:
         return str(p.relative_to(Path.cwd()))
     except ValueError:
         return str(p)
-
-
-def _exit_event():
-    from flwr.supercore.telemetry import EventType
-
-    return EventType.PYTHON_API_RUN_SIMULATION_LEAVE
 
 
 def check_outcome(s: Scenario, run_dir: Path, names: list[str]) -> dict:

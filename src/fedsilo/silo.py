@@ -1,9 +1,11 @@
-"""What one institution's node does, free of Flower: find its data, train, evaluate.
+"""One institution's node, free of Flower: which institution it is, its data, and this
+process's backbone, device and cache.
 
-The ClientApp (clients/app.py) is a thin shell around these functions. Everything heavy is
-loaded once per process (one Ray actor serves many simulated institutions): the backbone,
-the scoped model and the cache. Every call loads the received shared arrays into the model
-before using it, so institutions served by the same actor never see each other's weights.
+The ClientApp (clients/app.py) builds a ``Silo`` for every message and hands it to the
+round (fedsilo.training.round). Everything heavy is loaded once per process (one Ray actor
+serves many simulated institutions): the backbone, the scoped model and the cache. Every
+round loads the received shared arrays into the model before using it, so institutions
+served by the same actor never see each other's weights.
 """
 
 from __future__ import annotations
@@ -92,6 +94,48 @@ def resolve_institution(s: Scenario, node_config: dict) -> tuple[FederationData,
                           f"has {len(fed.institutions)} institutions (set num-supernodes "
                           f"to {len(fed.institutions)})")
     return fed, fed.institutions[pid]
+
+
+@dataclass
+class Silo:
+    """One institution as its node sees it: the scenario's shared facts, its own data and
+    this process's runtime."""
+
+    scenario: Scenario
+    institution: InstitutionData
+    labels: tuple[str, ...]  # the federation's label set, in label-id order
+    index: int  # the institution's position in the federation
+    runtime: SiloRuntime
+
+    @property
+    def name(self) -> str:
+        return self.institution.name
+
+    def model(self) -> ScopedModel:
+        """This process's scoped model for the scenario (its arrays are set per round)."""
+        return self.runtime.model(self.scenario.model, len(self.labels))
+
+    def inputs(self, model: ScopedModel, split: str) -> FeatureSource:
+        """The model's inputs for this institution's ``split`` ('train' or 'test')."""
+        return features(self.scenario, self.runtime, model, self.institution, split)
+
+    def targets(self, split: str) -> np.ndarray:
+        """Label ids of this institution's ``split``."""
+        return labels_of(self.institution, split)
+
+    def describe(self) -> dict:
+        """The handshake's answer: who this node is and what it trains on."""
+        inst = self.institution
+        return {"institution": inst.name, "kind": inst.kind, "index": self.index,
+                "labels": list(self.labels), "num-train": len(inst.train_texts),
+                "num-test": len(inst.test_texts)}
+
+
+def silo_for(s: Scenario, node_config: dict) -> Silo:
+    """The institution this node serves, with this process's runtime for ``s``."""
+    fed, inst = resolve_institution(s, node_config)
+    torch.set_num_threads(max(1, int(s.simulation.cpus_per_client)))
+    return Silo(s, inst, fed.labels, fed.names().index(inst.name), runtime_for(s))
 
 
 def scope_tag(m: ModelSection) -> str:

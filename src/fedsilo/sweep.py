@@ -86,8 +86,10 @@ def plan(path: str | None, grid_args: list[str], overrides: list[str]):
     flat = config.from_flat(flat).flat()
     combos = [dict(zip(grid, values, strict=True))
               for values in itertools.product(*grid.values())]
+    from fedsilo.privacy import check_scenario
+
     for combo in combos:  # validate every run before the first starts
-        config.from_flat({**flat, **combo})
+        check_scenario(config.from_flat({**flat, **combo}))
     return config.from_flat(flat), combos
 
 

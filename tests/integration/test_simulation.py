@@ -109,7 +109,7 @@ def test_clients_send_only_the_shared_arrays_and_declared_metrics(smoke):
     """Every reply every institution sent, as recorded at the node's boundary."""
     from fedsilo import config
     from fedsilo.data import build_federation, synthetic
-    from fedsilo.privacy.boundary import EVAL_METRICS, INFO_KEYS, TRAIN_METRICS
+    from fedsilo.protocol import EVAL_METRICS, INFO_KEYS, TRAIN_METRICS
 
     proc, runs = smoke
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -217,7 +217,7 @@ def test_other_scopes_train_and_send_only_their_arrays(tmp_path, cache_dir, scop
 
 
 def test_dp_sgd_accounts_per_institution_and_stops_at_the_budget(tmp_path, cache_dir):
-    from tests.unit.test_dpsgd import independent_epsilon
+    from tests.helpers import dp_sgd_epsilon
 
     proc, runs = run_scenario(tmp_path, cache_dir, "smoke.toml", "scenario.rounds=3",
                               "privacy.dp=true", "privacy.max_epsilon=10")
@@ -232,7 +232,7 @@ def test_dp_sgd_accounts_per_institution_and_stops_at_the_budget(tmp_path, cache
     for v in report.values():
         # the reported epsilon is what an independent accountant gives for the run's own
         # noise multiplier, sampling rate, steps and delta
-        assert v["epsilon"] == pytest.approx(independent_epsilon(
+        assert v["epsilon"] == pytest.approx(dp_sgd_epsilon(
             v["noise_multiplier"], v["sampling_rate"], v["steps"], v["delta"]), rel=0.01)
         assert v["epsilon"] <= 10
         n = round(32 / v["sampling_rate"])  # q = batch_size / n
@@ -251,7 +251,7 @@ def test_dp_sgd_accounts_per_institution_and_stops_at_the_budget(tmp_path, cache
 
 def test_secure_aggregation_matches_fedavg_and_no_update_leaves_in_the_clear(
         tmp_path, cache_dir):
-    from fedsilo.privacy.boundary import SECAGG_RECORD, TRAIN_METRICS
+    from fedsilo.protocol import SECAGG_RECORD, TRAIN_METRICS
 
     # one round each: both start from the same head, so the institutions train the same
     # updates and the aggregates differ only by SecAgg+'s quantisation (later rounds would
@@ -310,7 +310,7 @@ def test_secure_aggregation_survives_a_dropout(tmp_path, cache_dir):
 
 def test_institution_level_dp_with_secure_aggregation_reports_epsilon(tmp_path, cache_dir):
     from fedsilo.privacy import central
-    from tests.unit.test_central_dp import independent_epsilon
+    from tests.helpers import gaussian_epsilon
 
     proc, runs = run_scenario(tmp_path, cache_dir, "smoke.toml", "scenario.rounds=3",
                               "privacy.secagg.enabled=true",
@@ -322,7 +322,7 @@ def test_institution_level_dp_with_secure_aggregation_reports_epsilon(tmp_path, 
     server = json.loads((run / "summary.json").read_text())["privacy"]["server"]
     assert server["rounds"] == 3 and server["noise_multiplier"] == 0.8
     assert server["clipping_norm"] == 0.5 and server["sampled"] == 4
-    assert server["epsilon"] == pytest.approx(independent_epsilon(0.8, 3, 1e-5), rel=0.01)
+    assert server["epsilon"] == pytest.approx(gaussian_epsilon(0.8, 3, 1e-5), rel=0.01)
     assert server["epsilon"] == pytest.approx(central.epsilon(0.8, 3, 1e-5))
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["central_dp"]["epsilon"] for r in rows] == sorted(

@@ -4,8 +4,6 @@ budget stop, and the settings it refuses."""
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pytest
 from flwr.app import (
@@ -13,28 +11,17 @@ from flwr.app import (
     ArrayRecord,
     ConfigRecord,
     Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
 )
 
-from clients.app import _clip_update
 from fedsilo.config import ConfigError, Scenario
 from fedsilo.privacy import central
 from strategies import RoundLedger, build_strategy
 from strategies.central_dp import PrivacyBudgetSpent
+from tests.helpers import FakeGrid, gaussian_epsilon, reply, roster
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 NODES = [11, 12, 13, 14, 15]
-ROSTER = {n: {"institution": f"inst-{i}", "kind": "bank", "index": i}
-          for i, n in enumerate(NODES)}
-
-
-class Nodes:
-    """Just enough of a Grid for Flower's sampling."""
-
-    def get_node_ids(self):
-        return list(NODES)
+ROSTER = roster(NODES)
 
 
 def _strategy(mode: str, **sets):
@@ -45,41 +32,26 @@ def _strategy(mode: str, **sets):
 def _replies(x: dict, updates: list[dict], bits: list[int] | None = None) -> list[Message]:
     out = []
     for i, (n, u) in enumerate(zip(NODES, updates, strict=True)):
-        sent = Message(RecordDict(), message_type=MessageType.TRAIN, dst_node_id=n)
         metrics = {"num-examples": 10 * (i + 1), "institution-id": i, "train-loss": 1.0}
         if bits is not None:
             metrics["norm_bit"] = bits[i]
-        out.append(Message(RecordDict({
-            "arrays": ArrayRecord({k: Array((x[k] + u[k]).astype(np.float32)) for k in x}),
-            "metrics": MetricRecord(metrics)}), reply_to=sent))
+        out.append(reply(n, {k: x[k] + u[k] for k in x}, metrics, dtype=np.float32))
     return out
 
 
 def _round(strategy, x: dict, updates: list[dict], bits=None, server_round: int = 1):
     arrays = ArrayRecord({k: Array(v.astype(np.float32)) for k, v in x.items()})
-    msgs = list(strategy.configure_train(server_round, arrays, ConfigRecord(), Nodes()))
+    msgs = list(strategy.configure_train(server_round, arrays, ConfigRecord(),
+                                         FakeGrid(NODES)))
     new, _ = strategy.aggregate_train(server_round, _replies(x, updates, bits))
     return msgs, {k: new[k].numpy().astype(np.float64) - x[k] for k in x}
-
-
-def independent_epsilon(z: float, rounds: int, delta: float) -> float:
-    """Google's dp_accounting: `rounds` Gaussian releases of multiplier z, no sampling."""
-    import dp_accounting
-    from dp_accounting import rdp
-
-    from fedsilo.privacy.dpsgd import ORDERS
-
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    acc = rdp.RdpAccountant(orders=ORDERS)
-    acc.compose(dp_accounting.GaussianDpEvent(z), rounds)
-    return acc.get_epsilon(delta)
 
 
 @pytest.mark.parametrize(("z", "rounds", "delta"), [
     (0.8, 1, 1e-5), (1.0, 20, 1e-5), (2.0, 20, 1e-3), (4.0, 200, 1e-6), (10.0, 50, 1e-5)])
 def test_epsilon_matches_an_independent_accountant_within_one_percent(z, rounds, delta):
     ours = central.epsilon(z, rounds, delta)
-    theirs = independent_epsilon(z, rounds, delta)
+    theirs = gaussian_epsilon(z, rounds, delta)
     assert ours == pytest.approx(theirs, rel=0.01)
 
 
@@ -114,6 +86,20 @@ def test_server_side_clipping_bounds_each_update_and_weighs_all_equally():
         np.testing.assert_allclose(delta[k], want, atol=1e-5)
 
 
+def _clip_update(x, y, norm: float, adaptive: bool):
+    """The node's clipping step of a training round, on ``y`` trained from ``x``."""
+    from types import SimpleNamespace
+
+    from fedsilo.training.round import Instruction, Memory, RoundState, clip_on_node
+
+    mode = "client-adaptive" if adaptive else "client-fixed"
+    silo = SimpleNamespace(scenario=Scenario().replace(**{
+        "privacy.central.mode": mode, "privacy.central.clipped_count_std": 1.0}))
+    st = RoundState(silo, Instruction(1, x, clip_norm=norm), Memory(), seed=0, trained=y)
+    clip_on_node(st)
+    return st.trained, st.metrics
+
+
 def test_client_side_clipping_on_the_node():
     rng = np.random.default_rng(2)
     x = {"w": rng.normal(size=(6, 5)).astype(np.float32), "b": np.zeros(5, np.float32)}
@@ -140,10 +126,10 @@ def test_adaptive_clipping_moves_the_norm_toward_the_quantile():
     _s, strategy = _strategy("server-adaptive", **sets)
     x = {"w": np.zeros(10)}
     _round(strategy, x, [{"w": np.full(10, 10.0)}] * 5)  # every update clipped
-    assert strategy.clipping_norm > 1.0
+    assert strategy.inner.clipping_norm > 1.0
     _s, strategy = _strategy("server-adaptive", **sets)
     _round(strategy, x, [{"w": np.full(10, 1e-4)}] * 5)  # none clipped
-    assert strategy.clipping_norm < 1.0
+    assert strategy.inner.clipping_norm < 1.0
 
 
 def test_epsilon_is_reported_per_round_and_the_budget_stops_the_next_round():
@@ -168,8 +154,6 @@ def test_epsilon_is_reported_per_round_and_the_budget_stops_the_next_round():
      "privacy.central.mode"),
     ({"privacy.central.mode": "server-adaptive", "privacy.central.noise_multiplier": 1.0},
      "privacy.central.noise_multiplier"),
-    ({"privacy.central.mode": "server-fixed", "privacy.central.max_epsilon": 0.01},
-     "privacy.central.max_epsilon"),
     ({"privacy.central.mode": "everywhere"}, "privacy.central.mode"),
 ])
 def test_bad_central_dp_settings_name_the_field(sets, field):
@@ -177,6 +161,16 @@ def test_bad_central_dp_settings_name_the_field(sets, field):
         Scenario().replace(**sets)
 
 
+def test_a_budget_below_one_round_is_refused_before_the_run():
+    from fedsilo.privacy import check_scenario
+
+    s = Scenario().replace(**{"privacy.central.mode": "server-fixed",
+                              "privacy.central.max_epsilon": 0.01})
+    with pytest.raises(ConfigError, match=r"privacy\.central\.max_epsilon"):
+        check_scenario(s)
+
+
+@pytest.mark.slow  # a fresh interpreter: the import must happen for the first time
 def test_accounting_leaves_the_root_logger_alone():
     """Opacus' import adds a root handler; left there it prints every library's debug log
     (Flower's, Ray's) on the console of a sweep."""

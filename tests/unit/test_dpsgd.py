@@ -3,8 +3,6 @@ and the clipping of every example's gradient."""
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pytest
 import torch
@@ -12,19 +10,7 @@ import torch
 from fedsilo.config import PrivacySection, TrainSection
 from fedsilo.privacy import dpsgd
 from fedsilo.training.features import CachedFeatures
-from tests.unit.helpers import LinearHead
-
-
-def independent_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
-    """Google's dp_accounting RDP accountant (a separate implementation), same orders."""
-    import dp_accounting
-    from dp_accounting import rdp
-
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    acc = rdp.RdpAccountant(orders=dpsgd.ORDERS)
-    acc.compose(dp_accounting.PoissonSampledDpEvent(
-        q, dp_accounting.GaussianDpEvent(sigma)), steps)
-    return acc.get_epsilon(delta)
+from tests.helpers import LinearHead, dp_sgd_epsilon
 
 
 @pytest.mark.parametrize(("sigma", "q", "steps", "delta"), [
@@ -34,7 +20,7 @@ def independent_epsilon(sigma: float, q: float, steps: int, delta: float) -> flo
 def test_epsilon_matches_an_independent_accountant_within_one_percent(sigma, q, steps,
                                                                        delta):
     ours = dpsgd.epsilon(sigma, q, steps, delta)
-    theirs = independent_epsilon(sigma, q, steps, delta)
+    theirs = dp_sgd_epsilon(sigma, q, steps, delta)
     assert ours == pytest.approx(theirs, rel=0.01)
 
 

@@ -21,11 +21,12 @@ from flwr.app import (
     RecordDict,
 )
 
-from clients.app import boundary_guard
+from clients.boundary import boundary_guard
 from clients.secagg import secure_aggregation
 from fedsilo.config import ConfigError, Scenario
 from strategies import RoundLedger, build_strategy
 from strategies.secagg import SecAggFailure, share_counts
+from tests.helpers import roster
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 SHAPES = {"head.weight": (8, 16), "head.bias": (8,)}
@@ -85,9 +86,7 @@ def _run_round(s: Scenario, fail=None, seed=0):
     updates = {n: {k: rng.normal(0, 0.05, shape) for k, shape in SHAPES.items()}
                for n in NODES}
     x = {k: rng.normal(0, 0.3, shape).astype(np.float32) for k, shape in SHAPES.items()}
-    roster = {n: {"institution": f"inst-{i}", "kind": "bank", "index": i}
-              for i, n in enumerate(NODES)}
-    ledger = RoundLedger(roster)
+    ledger = RoundLedger(roster(NODES))
     strategy = build_strategy(s, ledger, num_nodes=len(NODES),
                               max_weight=max(WEIGHTS.values()))
     grid = LocalGrid(s, updates, fail)

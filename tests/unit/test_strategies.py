@@ -10,30 +10,23 @@ from flwr.app import (
     ArrayRecord,
     ConfigRecord,
     Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
 )
 
 from fedsilo.config import ConfigError, Scenario, TrainSection
 from fedsilo.faults import attack_update, flip_labels, flips_labels
+from fedsilo.protocol import SCAFFOLD_DELTA_C
 from fedsilo.training import scaffold as sc
 from strategies import RoundLedger, build_strategy
-from tests.unit.helpers import LinearHead
+from tests.helpers import FakeGrid, LinearHead, reply, roster
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
-ROSTER = {10 + i: {"institution": f"inst-{i}", "kind": "bank", "index": i} for i in range(5)}
+ROSTER = roster([10 + i for i in range(5)])
 
 
 def _reply(node: int, w: np.ndarray, n: int, extra: dict | None = None) -> Message:
-    sent = Message(RecordDict(), message_type=MessageType.TRAIN, dst_node_id=node)
-    content = RecordDict({"arrays": ArrayRecord({"w": Array(w.astype(np.float32))}),
-                          "metrics": MetricRecord({"num-examples": n,
-                                                   "institution-id": node - 10,
-                                                   "train-loss": 1.0})})
-    for k, v in (extra or {}).items():
-        content[k] = ArrayRecord({"w": Array(v.astype(np.float32))})
-    return Message(content, reply_to=sent)
+    return reply(node, {"w": w}, {"num-examples": n, "institution-id": node - 10,
+                                  "train-loss": 1.0},
+                 {k: {"w": v} for k, v in (extra or {}).items()}, dtype=np.float32)
 
 
 def _strategy(name: str, **sets):
@@ -65,7 +58,7 @@ def test_fedavg_and_fedprox_aggregate_the_weighted_mean():
 
 def test_fedprox_sends_mu_to_clients():
     st = _strategy("fedprox", **{"strategy.proximal_mu": 0.3})
-    assert st.proximal_mu == 0.3
+    assert st.inner.proximal_mu == 0.3
 
 
 def test_fedmedian_is_the_coordinatewise_median():
@@ -104,17 +97,10 @@ def test_multikrum_averages_the_best_scored_updates():
     assert "inst-4" not in strategy.ledger.selected[1]  # the outlier is rejected
 
 
-class _Grid:
-    """The one Grid method a strategy's configure_train needs."""
-
-    def get_node_ids(self):
-        return list(ROSTER)
-
-
 def _start(strategy, x0: np.ndarray, server_round: int):
     """Let a server-optimiser strategy see the global model it sends (as in a round)."""
     strategy.configure_train(server_round, ArrayRecord({"w": Array(x0.astype(np.float32))}),
-                             ConfigRecord(), _Grid())
+                             ConfigRecord(), FakeGrid(ROSTER))
     strategy.ledger.sent.clear()  # these tests reply for a subset on purpose
 
 
@@ -177,10 +163,10 @@ def test_scaffold_strategy_sends_c_and_applies_deltas():
     _start(st, x0, 1)
     dys = [np.array([0.1, 0.2, 0.3]), np.array([-0.1, 0.0, 0.1])]
     dcs = [np.array([1.0, 0.0, 0.0]), np.array([0.0, 2.0, 0.0])]
-    replies = [_reply(10 + i, dys[i], N[i], {sc.DELTA_C_KEY: dcs[i]}) for i in range(2)]
+    replies = [_reply(10 + i, dys[i], N[i], {SCAFFOLD_DELTA_C: dcs[i]}) for i in range(2)]
     arrays, _ = st.aggregate_train(1, replies)
     np.testing.assert_allclose(arrays["w"].numpy(), x0 + (dys[0] + dys[1]) / 2, rtol=1e-6)
-    np.testing.assert_allclose(st.control["w"], (2 / 5) * (dcs[0] + dcs[1]) / 2, rtol=1e-6)
+    np.testing.assert_allclose(st.inner.control["w"], (2 / 5) * (dcs[0] + dcs[1]) / 2, rtol=1e-6)
 
 
 def test_scaffold_needs_sgd():
@@ -241,14 +227,12 @@ def test_attacks_transform_the_update_as_documented():
 def test_fedprox_puts_mu_in_every_training_message():
     st = _strategy("fedprox", **{"strategy.proximal_mu": 0.3})
     msgs = list(st.configure_train(1, ArrayRecord({"w": Array(X0.astype(np.float32))}),
-                                   ConfigRecord(), _Grid()))
+                                   ConfigRecord(), FakeGrid(ROSTER)))
     assert len(msgs) == 5
     assert all(m.content["config"]["proximal-mu"] == 0.3 for m in msgs)
 
 
 def test_fedadam_keeps_the_dtype_it_sent_and_its_state_is_checkpointable():
-    from strategies import strategy_state
-
     st = _strategy("fedadam")
     x = X0.copy()
     for r in (1, 2, 3):
@@ -257,13 +241,13 @@ def test_fedadam_keeps_the_dtype_it_sent_and_its_state_is_checkpointable():
         arrays, _ = st.aggregate_train(r, replies)
         assert arrays["w"].numpy().dtype == np.float32  # Flower's step size is float64
         x = arrays["w"].numpy()
-    state = strategy_state(st)
+    state = st.state()
     assert sorted(state) == ["m_t/w", "v_t/w"] and state["v_t/w"].shape == (3,)
     momentum = _strategy("fedavgm")
     _start(momentum, X0, 1)
     momentum.aggregate_train(1, [_reply(10 + i, w, N[i]) for i, w in enumerate(W[:4])])
-    assert sorted(strategy_state(momentum)) == ["momentum/w"]
-    assert strategy_state(_strategy("fedavg")) == {}
+    assert sorted(momentum.state()) == ["momentum/w"]
+    assert _strategy("fedavg").state() == {}
 
 
 def test_scaffold_client_correction_by_hand():

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Error, Message, MessageType, MetricRecord, RecordDict
 
 from fedsilo.config import Scenario
 from strategies import ClientFailure, RoundLedger, aggregate_evaluate_metrics, build_strategy
+from tests.helpers import reply as _reply
 
 ROSTER = {10: {"institution": "bank-1", "kind": "bank", "index": 0},
           11: {"institution": "bank-2", "kind": "bank", "index": 1},
           12: {"institution": "hospital-1", "kind": "hospital", "index": 2}}
-
-
-def _reply(node: int, arrays: dict[str, np.ndarray] | None, metrics: dict) -> Message:
-    sent = Message(RecordDict(), message_type=MessageType.TRAIN, dst_node_id=node)
-    content = RecordDict({"metrics": MetricRecord(metrics)})
-    if arrays is not None:
-        content["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
-    return Message(content, reply_to=sent)
 
 
 def _strategy():

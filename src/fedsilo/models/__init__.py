@@ -8,7 +8,6 @@ backbone comes from, ``backbone.resolve``.
 from __future__ import annotations
 
 import torch
-from flwr.app import ArrayRecord
 from torch import nn
 
 
@@ -27,7 +26,3 @@ class Head(nn.Module):
             x = self.dropout(torch.relu(self.hidden(x)))
         return self.out(x)
 
-
-def arrays_nbytes(arrays: ArrayRecord) -> int:
-    """Payload bytes of an ArrayRecord (the arrays' data, without framing)."""
-    return int(sum(v.numpy().nbytes for v in arrays.values()))

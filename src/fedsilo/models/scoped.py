@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord
 from torch import nn
 
+from fedsilo.arrays import Arrays
 from fedsilo.config import ConfigError, ModelSection
 from fedsilo.models import Head
 
@@ -56,12 +56,12 @@ class ScopedModel(nn.Module):
     def trainable(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
 
-    def get_arrays(self) -> ArrayRecord:
-        return ArrayRecord({n: Array(np.ascontiguousarray(p.detach().cpu().numpy()))
-                            for n, p in self.trainable().items()})
+    def get_arrays(self) -> Arrays:
+        """A copy of the trainable part (what travels), by parameter name."""
+        return {n: p.detach().cpu().numpy().copy() for n, p in self.trainable().items()}
 
     @torch.no_grad()
-    def set_arrays(self, arrays: ArrayRecord) -> None:
+    def set_arrays(self, arrays: Arrays) -> None:
         params = self.trainable()
         if set(arrays.keys()) != set(params):
             extra = sorted(set(arrays.keys()) - set(params))[:3]
@@ -69,7 +69,7 @@ class ScopedModel(nn.Module):
             raise ValueError(f"received arrays do not match scope '{self.scope}': "
                              f"unexpected {extra}, missing {missing}")
         for name, p in params.items():
-            value = torch.from_numpy(np.array(arrays[name].numpy(), copy=True))
+            value = torch.from_numpy(np.array(arrays[name], copy=True))
             if value.shape != p.shape:
                 raise ValueError(f"array '{name}' has shape {tuple(value.shape)}, expected "
                                  f"{tuple(p.shape)}")

@@ -1,6 +1,6 @@
 """The boundary: exactly what an institution's node may send, checked on every reply.
 
-A reply may carry only
+The names are those of fedsilo.protocol. A reply may carry only
 - to a query (the handshake): a ConfigRecord ``info`` with INFO_KEYS;
 - to a training message: the shared arrays it received (same names, shapes, float dtype;
   SCAFFOLD's variate delta too) and a MetricRecord ``metrics`` with TRAIN_METRICS;
@@ -20,19 +20,19 @@ from pathlib import Path
 
 from flwr.app import Message
 
-INFO_KEYS = {"institution", "kind", "index", "labels", "num-train", "num-test"}
-TRAIN_METRICS = {"num-examples", "institution-id", "train-loss", "train-loss-first-epoch",
-                 "steps", "train-time-s"}
-# with privacy.dp: what the institution spent (its own accounting, reported to the server)
-DP_METRICS = {"dp-epsilon", "dp-delta", "dp-noise-multiplier", "dp-max-grad-norm",
-              "dp-sampling-rate", "dp-steps", "dp-stopped"}
-# with privacy.central.mode = 'client-adaptive': whether the update was clipped
-CENTRAL_DP_METRICS = {"norm_bit"}
-SECAGG_RECORD = "secaggplus_configs"  # flwr.common.secure_aggregation's RECORD_KEY_CONFIGS
+from fedsilo.protocol import (
+    ARRAYS,
+    EVAL_METRICS,
+    INFO,
+    INFO_KEYS,
+    METRICS,
+    SCAFFOLD_DELTA_C,
+    SECAGG_RECORD,
+    TRAIN_DECLARED,
+)
+
 SECAGG_STAGE_KEYS = ({"pk1", "pk2"}, {"dsts", "ctxts"}, {"masked_params"},
                      {"nids", "shares"})
-EVAL_METRICS = {"num-examples", "institution-id", "loss", "accuracy", "macro-f1",
-                "confusion", "eval-time-s"}
 
 
 def check_reply(received: Message, reply: Message) -> list[str]:
@@ -43,35 +43,34 @@ def check_reply(received: Message, reply: Message) -> list[str]:
     arrays, metrics, configs = (dict(c.array_records), dict(c.metric_records),
                                 dict(c.config_records))
     if kind == "query":
-        allowed = {"info"}
-        if set(configs) != allowed or arrays or metrics:
-            problems.append(f"query reply records {sorted(c.keys())} != ['info']")
-        elif set(configs["info"].keys()) != INFO_KEYS:
-            problems.append(f"handshake keys {sorted(configs['info'].keys())}")
+        if set(configs) != {INFO} or arrays or metrics:
+            problems.append(f"query reply records {sorted(c.keys())} != ['{INFO}']")
+        elif set(configs[INFO].keys()) != INFO_KEYS:
+            problems.append(f"handshake keys {sorted(configs[INFO].keys())}")
         return problems
     if kind == "train" and SECAGG_RECORD in received.content.config_records:
         return _check_secagg_reply(received, arrays, metrics, configs)
     if configs:
         problems.append(f"config records {sorted(configs)} in a {kind} reply")
-    if set(metrics) != {"metrics"}:
-        problems.append(f"metric records {sorted(metrics)} (expected ['metrics'])")
+    if set(metrics) != {METRICS}:
+        problems.append(f"metric records {sorted(metrics)} (expected ['{METRICS}'])")
     else:
         declared = TRAIN_DECLARED if kind == "train" else EVAL_METRICS
-        extra = set(metrics["metrics"].keys()) - declared
+        extra = set(metrics[METRICS].keys()) - declared
         if extra:
             problems.append(f"undeclared metrics {sorted(extra)}")
-        if kind == "evaluate" and "confusion" in metrics["metrics"]:
-            n = len(metrics["metrics"]["confusion"])
+        if kind == "evaluate" and "confusion" in metrics[METRICS]:
+            n = len(metrics[METRICS]["confusion"])
             if int(round(n ** 0.5)) ** 2 != n:
                 problems.append(f"confusion of {n} values is not a label x label matrix")
-    sent = received.content.array_records.get("arrays")
+    sent = received.content.array_records.get(ARRAYS)
     if kind == "evaluate":
         if arrays:
             problems.append(f"array records {sorted(arrays)} in an evaluate reply")
         return problems
     expected = {k: (tuple(v.shape), v.dtype) for k, v in sent.items()} if sent else {}
     for name, rec in arrays.items():
-        if name not in ("arrays", "scaffold-dc"):
+        if name not in (ARRAYS, SCAFFOLD_DELTA_C):
             problems.append(f"undeclared array record '{name}'")
             continue
         got = {k: (tuple(v.shape), v.dtype) for k, v in rec.items()}
@@ -82,12 +81,9 @@ def check_reply(received: Message, reply: Message) -> list[str]:
             if k in expected and shape != expected[k][0]:
                 problems.append(f"'{name}/{k}' has shape {shape}, the shared part "
                                 f"{expected[k][0]}")
-    if "arrays" not in arrays:
-        problems.append("no 'arrays' record in a train reply")
+    if ARRAYS not in arrays:
+        problems.append(f"no '{ARRAYS}' record in a train reply")
     return problems
-
-
-TRAIN_DECLARED = TRAIN_METRICS | DP_METRICS | CENTRAL_DP_METRICS
 
 
 def _check_secagg_reply(received: Message, arrays: dict, metrics: dict,
@@ -103,13 +99,13 @@ def _check_secagg_reply(received: Message, arrays: dict, metrics: dict,
         problems.append(f"secure-aggregation record holds {sorted(keys)}, not one stage's "
                         f"protocol values")
     if keys == {"masked_params"}:
-        sent = received.content.array_records.get("arrays")
+        sent = received.content.array_records.get(ARRAYS)
         n = len(configs[SECAGG_RECORD]["masked_params"])
         if sent is not None and n != len(sent) + 1:
             problems.append(f"masked vector of {n} arrays for {len(sent)} shared arrays")
-        if set(metrics) != {"metrics"}:
-            problems.append(f"metric records {sorted(metrics)} (expected ['metrics'])")
-        elif extra := set(metrics["metrics"].keys()) - TRAIN_DECLARED:
+        if set(metrics) != {METRICS}:
+            problems.append(f"metric records {sorted(metrics)} (expected ['{METRICS}'])")
+        elif extra := set(metrics[METRICS].keys()) - TRAIN_DECLARED:
             problems.append(f"undeclared metrics {sorted(extra)}")
     elif metrics:
         problems.append(f"metric records {sorted(metrics)} in a key-exchange reply")

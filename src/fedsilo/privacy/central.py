@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedsilo.config import CentralDPSection
+from fedsilo.config import CentralDPSection, ConfigError, Scenario
 
 MECHANISM = {
     "server-fixed": "DP-FedAvg: server-side clipping (fixed norm), Gaussian noise on the mean",
@@ -49,6 +49,19 @@ def epsilon(noise_multiplier: float, rounds: int, delta: float) -> float:
     from fedsilo.privacy.dpsgd import epsilon as sampled_gaussian_epsilon
 
     return sampled_gaussian_epsilon(noise_multiplier, 1.0, rounds, delta)
+
+
+def check_budget(s: Scenario) -> None:
+    """A ConfigError when ``privacy.central.max_epsilon`` is below one round's epsilon (no
+    round could run); checked before anything starts."""
+    c = s.privacy.central
+    if c.mode == "off" or not c.max_epsilon:
+        return
+    first = epsilon(c.noise_multiplier, 1, c.delta)
+    if first > c.max_epsilon:
+        raise ConfigError(f"config: 'privacy.central.max_epsilon' = {c.max_epsilon} is "
+                          f"below the epsilon of a single round ({first:.3f}): no round "
+                          f"could run")
 
 
 @dataclass

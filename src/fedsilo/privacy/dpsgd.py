@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from fedsilo.config import PrivacySection, TrainSection
+from fedsilo.training import make_optimizer
 
 MECHANISM = ("DP-SGD: Poisson sampling, per-example clipping, Gaussian noise "
              "(record level, per institution)")
@@ -86,13 +87,6 @@ class DPPlan:
     def epsilon_after(self, steps: int) -> float:
         return epsilon(self.noise_multiplier, self.sampling_rate, steps, self.delta)
 
-    def report(self, steps: int, stopped: bool) -> dict:
-        return {"mechanism": MECHANISM, "accountant": ACCOUNTANT,
-                "epsilon": self.epsilon_after(steps), "delta": self.delta,
-                "noise_multiplier": self.noise_multiplier,
-                "max_grad_norm": self.max_grad_norm, "sampling_rate": self.sampling_rate,
-                "steps": steps, "stopped_by_budget": stopped}
-
 
 def plan(p: PrivacySection, t: TrainSection, n: int, rounds: int) -> DPPlan:
     """The institution's plan: q from the batch size, sigma given or derived from the
@@ -113,10 +107,7 @@ def dp_train(model, source, labels: np.ndarray, t: TrainSection, dp: DPPlan, see
     model.train_mode()
     named = model.trainable()
     params = list(named.values())
-    if t.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay)
-    else:
-        opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    opt = make_optimizer(params, t)
     rng = np.random.default_rng(seed)
     gen = torch.Generator(device="cpu").manual_seed(int(seed) % (2**63))
     torch.manual_seed(seed)

@@ -118,11 +118,39 @@ def read_checkpoint(run_dir: Path) -> tuple[dict, dict[str, np.ndarray], dict[st
     return state, shared, strat
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+class RunLog:
+    """The two records every run directory holds, written the same way for federated runs,
+    baselines and deployed runs: ``metrics.jsonl`` (one row per round, appended as each
+    round ends) and ``summary.json`` (written atomically at the end)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.rows: list[dict] = []
+        (run_dir / "metrics.jsonl").write_text("")
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+        with (self.run_dir / "metrics.jsonl").open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def finish(self, summary: dict, plot: bool) -> dict:
+        """Write ``summary`` (see ``summarise``) and, with ``plot``, accuracy.png."""
+        write_json(self.run_dir / "summary.json", summary)
+        if plot:
+            plot_accuracy(self.run_dir, self.rows)
+        return summary
+
+
+def summarise(rows: list[dict], **extra: Any) -> dict:
+    """The summary fields every run has, from its metrics rows: final, best and first
+    round; ``extra`` adds what a kind of run knows besides."""
+    last = rows[-1]
+    best = max(rows, key=lambda r: r["global"]["accuracy"])
+    return {"status": "completed", "rounds": len(rows),
+            "final": {"round": last["round"], "global": last["global"],
+                      "institutions": last["institutions"]},
+            "best": {"round": best["round"], "global": best["global"]},
+            "first_round": {"global": rows[0]["global"]}, **extra}
 
 
 def format_table(rows: list[list[Any]], header: list[str]) -> str:

@@ -1,7 +1,14 @@
-"""Local training and evaluation of the head (one screen each)."""
+"""Local training and evaluation (one screen each), and what they share.
+
+If you look for one institution's whole round (attacks, FedProx, SCAFFOLD, DP-SGD, clipping,
+the reply), it is ``round.py``; the loops it calls are here; DP-SGD's loop is
+``fedsilo.privacy.dpsgd``; the frozen-prefix cache is ``features.py``.
+"""
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +38,21 @@ class EvalStats:
     examples: int
 
 
+def round_seed(scenario_seed: int, server_round: int, owner: str) -> int:
+    """The seed of ``owner``'s training in ``server_round`` (dropout masks, batch order,
+    DP noise): the same for every run of a scenario, different per round and institution."""
+    return zlib.crc32(f"{scenario_seed}:{server_round}:{owner}".encode())
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], t: TrainSection
+                   ) -> torch.optim.Optimizer:
+    """The local optimiser ``train.optimizer`` over ``params`` (plain and DP training)."""
+    params = list(params)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
 def local_train(model: ScopedModel, source: FeatureSource, labels: np.ndarray,
                 t: TrainSection, seed: int, device: torch.device, prox_mu: float = 0.0,
                 correction: dict[str, torch.Tensor] | None = None) -> TrainStats:
@@ -46,10 +68,7 @@ def local_train(model: ScopedModel, source: FeatureSource, labels: np.ndarray,
     params = list(named.values())
     anchor = [p.detach().clone() for p in params] if prox_mu > 0 else None
     corr = [correction[n].to(device) for n in named] if correction is not None else None
-    if t.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay)
-    else:
-        opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    opt = make_optimizer(params, t)
     torch.manual_seed(seed)  # dropout masks
     order_rng = np.random.default_rng(seed)  # batch order
     y_all = torch.as_tensor(labels, dtype=torch.long)

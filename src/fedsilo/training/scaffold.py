@@ -1,15 +1,9 @@
-"""SCAFFOLD's math (Karimireddy et al., 2020, option II), shared by the ClientApp and the
-server strategy (strategies/scaffold.py)."""
+"""SCAFFOLD's math (Karimireddy et al., 2020, option II), shared by the institution's round
+(training/round.py) and the server strategy (strategies/scaffold.py)."""
 
 from __future__ import annotations
 
-import numpy as np
-
-CONTROL_KEY = "scaffold-c"  # server -> client: the server control variate c
-DELTA_C_KEY = "scaffold-dc"  # client -> server: c_i+ - c_i
-STATE_KEY = "scaffold-ci"  # the client's own variate c_i, kept in its node state
-
-Arrays = dict[str, np.ndarray]
+from fedsilo.arrays import Arrays
 
 
 def server_update(x: Arrays, c: Arrays, delta_y: list[Arrays], delta_c: list[Arrays],

@@ -1,0 +1,34 @@
+"""The node's privacy boundary as a ClientApp mod: every reply passes here last."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import Context, Message
+
+from fedsilo import config, protocol
+from fedsilo.privacy.boundary import append_audit, check_reply, describe_reply
+from fedsilo.silo import resolve_institution
+
+
+def boundary_guard(msg: Message, context: Context, call_next) -> Message:
+    """Anything beyond the declared boundary is refused (fedsilo.privacy.boundary), and
+    with ``output.audit`` the reply is recorded."""
+    reply = call_next(msg, context)
+    if reply.has_error():
+        return reply
+    problems = check_reply(msg, reply)
+    scenario = config.from_flat(dict(context.run_config))
+    if scenario.output.audit and scenario.output.run_dir:
+        _, inst = resolve_institution(scenario, dict(context.node_config))
+        entry = describe_reply(msg, reply) | {"round": _round_of(msg), "refused": problems}
+        append_audit(Path(scenario.output.run_dir) / "audit" / f"{inst.name}.jsonl", entry)
+    if problems:
+        raise RuntimeError(f"reply refused at the privacy boundary: {'; '.join(problems)}")
+    return reply
+
+
+def _round_of(msg: Message) -> int:
+    if protocol.CONFIG in msg.content:
+        return int(msg.content[protocol.CONFIG][protocol.SERVER_ROUND])
+    return int(msg.metadata.group_id) if msg.metadata.group_id.isdigit() else 0

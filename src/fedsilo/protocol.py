@@ -1,0 +1,45 @@
+"""The words of the wire: every record and metric name a message between the server and an
+institution's node may carry, defined once.
+
+The ServerApp, the strategies, the ClientApp and the privacy boundary all use these names;
+the boundary refuses anything not declared here. Names that Flower itself reads or writes
+(``server-round``, ``proximal-mu``, ``clipping_norm``, ``norm_bit``, the secure-aggregation
+record) have Flower's spelling, and a test checks them against the installed Flower.
+"""
+
+from __future__ import annotations
+
+# -- records of a message ------------------------------------------------------------------
+ARRAYS = "arrays"  # the shared arrays (down: the global ones; up: the trained ones)
+CONFIG = "config"  # per-round settings from the server
+METRICS = "metrics"  # what a node reports about its training or evaluation
+INFO = "info"  # the handshake's answer
+SCAFFOLD_CONTROL = "scaffold-c"  # down: SCAFFOLD's server control variate c
+SCAFFOLD_DELTA_C = "scaffold-dc"  # up: c_i+ - c_i
+SECAGG_RECORD = "secaggplus_configs"  # Flower's secure-aggregation record (RECORD_KEY_CONFIGS)
+
+# -- keys of the config record (written by Flower's strategies) ----------------------------
+SERVER_ROUND = "server-round"
+PROXIMAL_MU = "proximal-mu"  # FedProx
+CLIPPING_NORM = "clipping_norm"  # institution-level DP with clipping on the node
+
+# -- the handshake -------------------------------------------------------------------------
+INFO_KEYS = frozenset({"institution", "kind", "index", "labels", "num-train", "num-test"})
+
+# -- metrics -------------------------------------------------------------------------------
+NUM_EXAMPLES = "num-examples"  # the weight of a reply (training or test examples)
+INSTITUTION_ID = "institution-id"
+TRAIN_METRICS = frozenset({NUM_EXAMPLES, INSTITUTION_ID, "train-loss",
+                           "train-loss-first-epoch", "steps", "train-time-s"})
+# with privacy.dp: what the institution spent (its own accounting, reported to the server)
+DP_METRICS = frozenset({"dp-epsilon", "dp-delta", "dp-noise-multiplier", "dp-max-grad-norm",
+                        "dp-sampling-rate", "dp-steps", "dp-stopped"})
+NORM_BIT = "norm_bit"  # client-adaptive clipping: whether this update was clipped
+CENTRAL_DP_METRICS = frozenset({NORM_BIT})
+TRAIN_DECLARED = TRAIN_METRICS | DP_METRICS | CENTRAL_DP_METRICS
+EVAL_METRICS = frozenset({NUM_EXAMPLES, INSTITUTION_ID, "loss", "accuracy", "macro-f1",
+                          "confusion", "eval-time-s"})
+
+# -- what an institution keeps between rounds, in its own node state -----------------------
+STATE_SCAFFOLD_VARIATE = "scaffold-ci"  # SCAFFOLD's client variate c_i
+STATE_DP = "dp"  # DP-SGD: the steps taken so far

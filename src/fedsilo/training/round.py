@@ -1,0 +1,239 @@
+"""One institution's round, free of Flower: a pipeline of named steps.
+
+A training round is
+
+    load the shared arrays -> [attacker: poison its labels] -> local optimisation
+    (plain or FedProx, SCAFFOLD-corrected, or DP-SGD) -> [attacker: poison the update]
+    -> [institution-level DP: clip the update on the node] -> package the reply
+
+``plan_training`` lists the steps that a scenario needs in a given round; ``run_training``
+runs them over one ``RoundState``. Each step does one thing and is a plain function: a new
+behaviour is a new step, not a new branch inside another. What the institution keeps
+between rounds (``Memory``: SCAFFOLD's client variate, the DP-SGD steps spent) stays on its
+side; the ClientApp stores it in the node's own state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedsilo.arrays import Arrays
+from fedsilo.faults import attack_update, flip_labels, flips_labels
+from fedsilo.models.scoped import ScopedModel
+from fedsilo.privacy import dpsgd
+from fedsilo.privacy.central import clip_update
+from fedsilo.protocol import NORM_BIT, NUM_EXAMPLES
+from fedsilo.silo import Silo
+from fedsilo.training import TrainStats, evaluate, local_train, round_seed
+from fedsilo.training import scaffold as sc
+
+
+@dataclass
+class Instruction:
+    """What the server sent for this round (the ClientApp reads it off the message)."""
+
+    server_round: int
+    arrays: Arrays  # the shared arrays x
+    proximal_mu: float = 0.0  # FedProx
+    control: Arrays | None = None  # SCAFFOLD's server control variate c
+    clip_norm: float | None = None  # institution-level DP: the L2 bound on the update
+
+
+@dataclass
+class Memory:
+    """What an institution keeps between rounds, on its own side; never sent."""
+
+    scaffold_variate: Arrays | None = None  # SCAFFOLD's c_i
+    dp_steps: int | None = None  # DP-SGD steps taken in every round so far
+
+
+@dataclass
+class Reply:
+    """What leaves the node after training: exactly the protocol's records."""
+
+    arrays: Arrays  # trained weights (SCAFFOLD: the model delta)
+    metrics: dict[str, float | int]
+    scaffold_delta_c: Arrays | None = None
+
+
+@dataclass
+class RoundState:
+    """Everything one training round reads and writes, passed from step to step."""
+
+    silo: Silo
+    instruction: Instruction
+    memory: Memory
+    seed: int
+    model: ScopedModel | None = None
+    labels: np.ndarray | None = None
+    trained: Arrays | None = None  # y: the weights that will be sent
+    stats: TrainStats | None = None
+    metrics: dict[str, float | int] = field(default_factory=dict)
+    reply: Reply | None = None
+
+
+Step = Callable[[RoundState], None]
+
+
+# -- the steps ------------------------------------------------------------------------------
+def inject_crash(st: RoundState) -> None:
+    """``faults.crash``: this institution's client fails (to test failure handling)."""
+    raise RuntimeError("injected crash (faults.crash)")
+
+
+def load_shared_arrays(st: RoundState) -> None:
+    """Start from the received shared arrays, on this institution's own training labels."""
+    st.model = st.silo.model()
+    st.model.set_arrays(st.instruction.arrays)
+    st.labels = st.silo.targets("train")
+
+
+def poison_labels(st: RoundState) -> None:
+    """A malicious institution trains on wrong labels (``label_flip*`` behaviours)."""
+    st.labels = flip_labels(st.labels, len(st.silo.labels))
+
+
+def optimise(st: RoundState) -> None:
+    """Plain local training (FedProx's proximal term when the server sends mu)."""
+    s = st.silo.scenario
+    st.stats = local_train(st.model, st.silo.inputs(st.model, "train"), st.labels, s.train,
+                           st.seed, st.silo.runtime.device,
+                           prox_mu=st.instruction.proximal_mu)
+    st.trained = st.model.get_arrays()
+
+
+def optimise_scaffold(st: RoundState) -> None:
+    """Local training with SCAFFOLD's correction c - c_i added to every gradient."""
+    import torch
+
+    s, c = st.silo.scenario, st.instruction.control
+    c_i = _client_variate(st)
+    correction = {k: torch.from_numpy(c[k] - c_i[k]) for k in c}
+    st.stats = local_train(st.model, st.silo.inputs(st.model, "train"), st.labels, s.train,
+                           st.seed, st.silo.runtime.device,
+                           prox_mu=st.instruction.proximal_mu, correction=correction)
+    st.trained = st.model.get_arrays()
+
+
+def optimise_dp_sgd(st: RoundState) -> None:
+    """One round of DP-SGD, or none when it would take the institution past
+    ``privacy.max_epsilon`` (then it keeps the received weights and weighs 0)."""
+    s = st.silo.scenario
+    p = s.privacy
+    source = st.silo.inputs(st.model, "train")
+    plan = dpsgd.plan(p, s.train, len(source), s.scenario.rounds)
+    spent = st.memory.dp_steps or 0
+    stopped = p.max_epsilon > 0 and \
+        plan.epsilon_after(spent + plan.steps_per_round) > p.max_epsilon
+    if stopped:
+        st.stats = TrainStats(loss=0.0, first_loss=0.0, steps=0, examples=0)
+    else:
+        loss, steps = dpsgd.dp_train(st.model, source, st.labels, s.train, plan, st.seed,
+                                     st.silo.runtime.device)
+        spent += steps
+        st.stats = TrainStats(loss=loss, first_loss=loss, steps=steps, examples=len(source))
+    st.memory.dp_steps = spent
+    st.trained = st.model.get_arrays()
+    st.metrics.update({
+        "dp-epsilon": plan.epsilon_after(spent), "dp-delta": plan.delta,
+        "dp-noise-multiplier": plan.noise_multiplier, "dp-max-grad-norm": plan.max_grad_norm,
+        "dp-sampling-rate": plan.sampling_rate, "dp-steps": spent,
+        "dp-stopped": int(stopped)})
+
+
+def poison_update(st: RoundState) -> None:
+    """A malicious institution sends a transformed update (``faults.behaviour``)."""
+    st.trained = attack_update(st.instruction.arrays, st.trained, st.silo.scenario.faults,
+                               st.seed)
+
+
+def clip_on_node(st: RoundState) -> None:
+    """Institution-level DP with clipping on the node: the update is clipped to the norm
+    the server sent; adaptive clipping also reports whether it was clipped."""
+    if st.instruction.clip_norm is None:
+        raise RuntimeError("institution-level DP clips on the node, but the server sent no "
+                           "clipping norm")
+    st.trained, clipped = clip_update(st.instruction.arrays, st.trained,
+                                      st.instruction.clip_norm)
+    if st.silo.scenario.privacy.central.mode == "client-adaptive":
+        st.metrics[NORM_BIT] = int(clipped)
+
+
+def package(st: RoundState) -> None:
+    """The reply: the trained shared arrays and the declared training metrics."""
+    st.reply = Reply(arrays=st.trained, metrics=_train_metrics(st))
+
+
+def package_scaffold(st: RoundState) -> None:
+    """SCAFFOLD's reply: exactly the two deltas it needs (model and control variate);
+    the institution keeps its new variate c_i+ in its memory."""
+    x, y, c = st.instruction.arrays, st.trained, st.instruction.control
+    c_i = _client_variate(st)
+    c_new = sc.client_variate(c_i, c, x, y, st.stats.steps, st.silo.scenario.train.lr)
+    st.memory.scaffold_variate = c_new
+    st.reply = Reply(arrays={k: y[k] - x[k] for k in x}, metrics=_train_metrics(st),
+                     scaffold_delta_c={k: c_new[k] - c_i[k] for k in x})
+
+
+def _client_variate(st: RoundState) -> Arrays:
+    if st.memory.scaffold_variate is not None:
+        return st.memory.scaffold_variate
+    return {k: np.zeros_like(v) for k, v in st.instruction.control.items()}
+
+
+def _train_metrics(st: RoundState) -> dict[str, float | int]:
+    return {NUM_EXAMPLES: st.stats.examples, "train-loss": st.stats.loss,
+            "train-loss-first-epoch": st.stats.first_loss, "steps": st.stats.steps,
+            **st.metrics}
+
+
+# -- the round ------------------------------------------------------------------------------
+def plan_training(silo: Silo, ins: Instruction) -> list[Step]:
+    """The steps of ``silo``'s training round ``ins.server_round``, in order."""
+    s, name = silo.scenario, silo.name
+    attacker = name in s.faults.attackers()
+    steps: list[Step] = []
+    if name in s.faults.crashing() and ins.server_round >= s.faults.crash_from_round:
+        steps.append(inject_crash)
+    steps.append(load_shared_arrays)
+    if attacker and flips_labels(s.faults):
+        steps.append(poison_labels)
+    if s.privacy.dp:
+        steps.append(optimise_dp_sgd)
+    elif ins.control is not None:
+        steps.append(optimise_scaffold)
+    else:
+        steps.append(optimise)
+    if attacker:
+        steps.append(poison_update)
+    if s.privacy.central.mode.startswith("client"):
+        steps.append(clip_on_node)
+    steps.append(package_scaffold if ins.control is not None else package)
+    return steps
+
+
+def run_training(silo: Silo, ins: Instruction, memory: Memory) -> Reply:
+    """Run ``silo``'s training round; ``memory`` is updated in place."""
+    t0 = time.perf_counter()
+    st = RoundState(silo, ins, memory,
+                    round_seed(silo.scenario.scenario.seed, ins.server_round, silo.name))
+    for step in plan_training(silo, ins):
+        step(st)
+    st.reply.metrics["train-time-s"] = time.perf_counter() - t0
+    return st.reply
+
+
+def run_evaluation(silo: Silo, arrays: Arrays) -> dict[str, float | int | list[int]]:
+    """The shared arrays scored on this institution's own test split."""
+    t0 = time.perf_counter()
+    model = silo.model()
+    model.set_arrays(arrays)
+    stats = evaluate(model, silo.inputs(model, "test"), silo.targets("test"),
+                     len(silo.labels), silo.runtime.device)
+    return {NUM_EXAMPLES: stats.examples, "loss": stats.loss, "accuracy": stats.accuracy,
+            "macro-f1": stats.macro_f1, "confusion": [int(v) for v in stats.confusion.ravel()],
+            "eval-time-s": time.perf_counter() - t0}

@@ -1,0 +1,139 @@
+"""``Tracked``: around any strategy, the run's bookkeeping and loud failure.
+
+It wraps a Message-API strategy (Flower's, or one of ours) the way Flower's DP wrappers do:
+every call goes to the inner strategy, and on the way it notes who was asked and what came
+back (fedsilo's ``RoundLedger``), times each phase, stops the run when an institution
+failed, and keeps the global arrays in the dtype they were sent with. Aggregation itself
+is left to the inner strategy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedsilo import protocol
+from fedsilo.arrays import from_record, to_record
+from fedsilo.flower_compat import select_multikrum
+from fedsilo.privacy.central import CentralAccount
+from strategies.ledger import ClientFailure, RoundLedger
+
+
+class Tracked(Strategy):
+    """``inner`` with bookkeeping in ``ledger``.
+
+    ``tolerates_dropouts``: secure aggregation decides itself who may drop out of training.
+    ``account``: the institution-level DP account, for the privacy report.
+    """
+
+    def __init__(self, inner: Strategy, ledger: RoundLedger, *,
+                 tolerates_dropouts: bool = False, account: CentralAccount | None = None):
+        self.inner = inner
+        self.ledger = ledger
+        self.tolerates_dropouts = tolerates_dropouts
+        self.account = account
+        self._sent_dtypes: dict[str, np.dtype] = {}
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    # -- sending ---------------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._sent_dtypes = {k: v.numpy().dtype for k, v in arrays.items()}
+        msgs = self.inner.configure_train(server_round, arrays, config, grid)
+        return self._sending(server_round, "training", msgs)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        msgs = self.inner.configure_evaluate(server_round, arrays, config, grid)
+        return self._sending(server_round, "evaluation", msgs)
+
+    def _sending(self, server_round: int, stage: str, msgs: Iterable[Message]) -> list[Message]:
+        msgs = list(msgs)
+        self.ledger.sending(server_round, stage, msgs)
+        self.ledger.phase_start[(server_round, stage)] = time.perf_counter()
+        return msgs
+
+    # -- receiving -------------------------------------------------------------------------
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = self._received(server_round, "training", replies)
+        answered = [m for m in replies if not m.has_error()]
+        if answered and all(int(_metrics(m)[protocol.NUM_EXAMPLES]) == 0 for m in answered):
+            raise ClientFailure(f"no institution trained in round {server_round}: every "
+                                f"sampled institution has spent its privacy budget "
+                                f"(privacy.max_epsilon)")
+        if hasattr(self.inner, "num_nodes_to_select"):  # Krum and MultiKrum
+            self._record_selection(server_round, answered)
+        arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        if arrays is not None:
+            arrays = _as_dtypes(arrays, self._sent_dtypes)
+        self._aggregated(server_round, "training")
+        return arrays, metrics
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        replies = self._received(server_round, "evaluation", replies)
+        out = self.inner.aggregate_evaluate(server_round, replies)
+        self._aggregated(server_round, "evaluation")
+        return out
+
+    def _received(self, server_round: int, stage: str, replies: Iterable[Message]
+                  ) -> list[Message]:
+        """Check and record a stage's replies; ClientFailure if an institution failed."""
+        self._t_aggregate = time.perf_counter()
+        start = self.ledger.phase_start.get((server_round, stage), self._t_aggregate)
+        self.ledger.timing.setdefault(server_round, {})[f"{stage}_phase_s"] = \
+            self._t_aggregate - start
+        replies = self.ledger.check(server_round, stage, list(replies),
+                                    tolerate=stage == "training" and self.tolerates_dropouts)
+        self.ledger.record(server_round, stage, replies)
+        return replies
+
+    def _aggregated(self, server_round: int, stage: str) -> None:
+        self.ledger.timing[server_round][f"{stage}_aggregate_s"] = \
+            time.perf_counter() - self._t_aggregate
+
+    def _record_selection(self, server_round: int, answered: list[Message]) -> None:
+        """Which institutions' updates Krum/MultiKrum keeps this round (Flower's own
+        selection function on the same replies), so a run shows whom it rejected."""
+        kept = select_multikrum([m.content for m in answered],
+                                num_malicious_nodes=self.inner.num_malicious_nodes,
+                                num_nodes_to_select=self.inner.num_nodes_to_select)
+        self.ledger.selected[server_round] = sorted(
+            self.ledger.institution_of(c[protocol.METRICS]) for c in kept)
+
+    # -- what a checkpoint keeps -----------------------------------------------------------
+    def state(self) -> dict[str, np.ndarray]:
+        """The server-side state a resume needs, as named arrays: FedAdam/FedYogi/FedAdagrad
+        moments, FedAvgM's momentum, SCAFFOLD's control variate (empty for stateless ones)."""
+        inner = self.inner
+        out: dict[str, np.ndarray] = {}
+        for attr in ("m_t", "v_t", "control"):
+            for k, v in (getattr(inner, attr, None) or {}).items():
+                out[f"{attr}/{k}"] = np.asarray(v)
+        momentum = getattr(inner, "momentum_vector", None)
+        current = getattr(inner, "current_arrays", None)
+        if momentum is not None and current is not None:
+            for k, v in zip(current.keys(), momentum, strict=True):
+                out[f"momentum/{k}"] = np.asarray(v)
+        return out
+
+
+def _metrics(msg: Message):
+    return next(iter(msg.content.metric_records.values()))
+
+
+def _as_dtypes(arrays: ArrayRecord, dtypes: dict) -> ArrayRecord:
+    """Server optimisers (FedAdam's float64 step size) can widen the arrays; the global
+    model keeps the dtype it was sent with, so bytes and checkpoints stay comparable."""
+    if all(arrays[k].numpy().dtype == dtypes.get(k) for k in arrays.keys()):
+        return arrays
+    return to_record({k: v.astype(dtypes.get(k, v.dtype))
+                      for k, v in from_record(arrays).items()})
