@@ -30,13 +30,13 @@ class InstitutionFailure(RuntimeError):
 
 
 @contextmanager
-def failing_as(silo: Silo, stage: str):
+def failing_as(name: str, kind: str, stage: str):
     """Any error in ``stage`` names the institution, so the server can say who failed."""
     try:
         yield
     except Exception as exc:
-        raise InstitutionFailure(f"institution '{silo.name}' ({silo.institution.kind}) "
-                                 f"failed in {stage}: {type(exc).__name__}: {exc}") from exc
+        raise InstitutionFailure(f"institution '{name}' ({kind}) failed in {stage}: "
+                                 f"{type(exc).__name__}: {exc}") from exc
 
 
 def _silo(context: Context) -> Silo:
@@ -45,8 +45,12 @@ def _silo(context: Context) -> Silo:
 
 @app.query()
 def describe(msg: Message, context: Context) -> Message:
-    """The handshake: which institution this node is, and the label set it trains on."""
-    info = ConfigRecord(_silo(context).describe())
+    """The handshake: which institution this node serves and how many examples it holds;
+    any problem with its data is reported here, before round 1."""
+    node = dict(context.node_config)
+    name = node.get("institution", f"partition {node.get('partition-id', '?')}")
+    with failing_as(str(name), str(node.get("kind", "kind unknown")), "the handshake"):
+        info = ConfigRecord(_silo(context).describe())
     return Message(RecordDict({protocol.INFO: info}), reply_to=msg)
 
 
@@ -55,7 +59,7 @@ def train(msg: Message, context: Context) -> Message:
     silo = _silo(context)
     settings = msg.content[protocol.CONFIG]
     server_round = int(settings[protocol.SERVER_ROUND])
-    with failing_as(silo, f"training (round {server_round})"):
+    with failing_as(silo.name, silo.institution.kind, f"training (round {server_round})"):
         ins = Instruction(
             server_round=server_round,
             arrays=from_record(msg.content[protocol.ARRAYS], np.float32),
@@ -70,8 +74,7 @@ def train(msg: Message, context: Context) -> Message:
     records = RecordDict({protocol.ARRAYS: to_record(reply.arrays, np.float32)})
     if reply.scaffold_delta_c is not None:
         records[protocol.SCAFFOLD_DELTA_C] = to_record(reply.scaffold_delta_c, np.float32)
-    records[protocol.METRICS] = MetricRecord({**reply.metrics,
-                                              protocol.INSTITUTION_ID: silo.index})
+    records[protocol.METRICS] = MetricRecord(reply.metrics)
     return Message(records, reply_to=msg)
 
 
@@ -79,9 +82,8 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     silo = _silo(context)
     server_round = int(msg.content[protocol.CONFIG][protocol.SERVER_ROUND])
-    with failing_as(silo, f"evaluation (round {server_round})"):
+    with failing_as(silo.name, silo.institution.kind, f"evaluation (round {server_round})"):
         metrics = run_evaluation(silo, from_record(msg.content[protocol.ARRAYS]))
-    metrics[protocol.INSTITUTION_ID] = silo.index
     return Message(RecordDict({protocol.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 

@@ -19,13 +19,22 @@ def boundary_guard(msg: Message, context: Context, call_next) -> Message:
         return reply
     problems = check_reply(msg, reply)
     scenario = config.from_flat(dict(context.run_config))
-    if scenario.output.audit and scenario.output.run_dir:
-        _, inst = resolve_institution(scenario, dict(context.node_config))
+    if scenario.output.audit:
+        node = dict(context.node_config)
+        _, inst = resolve_institution(scenario, node)
         entry = describe_reply(msg, reply) | {"round": _round_of(msg), "refused": problems}
-        append_audit(Path(scenario.output.run_dir) / "audit" / f"{inst.name}.jsonl", entry)
+        append_audit(audit_dir(scenario, node) / f"{inst.name}.jsonl", entry)
     if problems:
         raise RuntimeError(f"reply refused at the privacy boundary: {'; '.join(problems)}")
     return reply
+
+
+def audit_dir(scenario: config.Scenario, node_config: dict) -> Path:
+    """Where a node records what it sent: the run directory in a simulation on one
+    machine, the node's own cache directory when deployed."""
+    if "data-path" in node_config or not scenario.output.run_dir:
+        return Path(str(node_config.get("cache-dir", scenario.simulation.cache_dir))) / "audit"
+    return Path(scenario.output.run_dir) / "audit"
 
 
 def _round_of(msg: Message) -> int:

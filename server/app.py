@@ -15,12 +15,16 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedsilo import config, results
 from fedsilo.arrays import to_record
+from fedsilo.data import shared_labels
+from fedsilo.deploy import stream
+from fedsilo.flower_compat import faster_object_pulls
 from fedsilo.models import Head
 from fedsilo.models import backbone as bb
 from fedsilo.models.scoped import ScopedModel
 from fedsilo.privacy import check_scenario
 from server.handshake import handshake
 from server.record import RunRecorder, TargetReached, _say
+from server.transport import FastGrid, exchange
 from strategies import RoundLedger, Tracked, build_strategy
 from strategies.central_dp import PrivacyBudgetSpent
 
@@ -45,11 +49,16 @@ def run(grid: Grid, s: config.Scenario, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     random.seed(s.scenario.seed)  # Flower samples institutions with the global `random`
     # the scenario as a user re-runs it: without this run's directory
-    (run_dir / "config.toml").write_text(config.to_toml(s.replace(**{"output.run_dir": ""})))
+    resolved = config.to_toml(s.replace(**{"output.run_dir": "", "output.stream": False}))
+    (run_dir / "config.toml").write_text(resolved)
+    if s.output.stream:
+        stream.emit("config", resolved)
 
     t0 = time.time()
+    faster_object_pulls()  # replies are pulled as soon as their content is there
+    grid = FastGrid(grid)
+    labels = list(shared_labels(s))
     roster = handshake(grid, s)
-    labels = list(next(iter(roster.values()))["labels"])
     t_handshake = time.time()
     _say(f"{len(roster)} institutions: " + ", ".join(
         f"{i['institution']} ({i['kind']}, {i['num-train']} train / {i['num-test']} test)"
@@ -88,11 +97,11 @@ def run_rounds(grid: Grid, strategy: Tracked, recorder: RunRecorder, arrays: Arr
     for r in range(1, s.scenario.rounds + 1):
         msgs = list(strategy.configure_train(r, arrays, ConfigRecord(), grid))
         recorder.on_round_start(r, len(msgs))
-        new, _ = strategy.aggregate_train(r, grid.send_and_receive(msgs, timeout=timeout))
+        new, _ = strategy.aggregate_train(r, exchange(grid, msgs, timeout))
         if new is not None:
             arrays = new
         msgs = strategy.configure_evaluate(r, arrays, ConfigRecord(), grid)
-        strategy.aggregate_evaluate(r, grid.send_and_receive(msgs, timeout=timeout))
+        strategy.aggregate_evaluate(r, exchange(grid, msgs, timeout))
         recorder.on_round_end(r, arrays)
     return arrays
 

@@ -13,6 +13,7 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from fedsilo import results
 from fedsilo.arrays import from_record
 from fedsilo.config import Scenario
+from fedsilo.deploy import stream
 from strategies import RoundLedger, Tracked, aggregate_evaluate_metrics
 
 
@@ -73,6 +74,8 @@ class RunRecorder:
         row["timing"]["checkpoint_s"] = now - t0
         self.t_round = now
         self.log.append(row)
+        if self.s.output.stream:
+            stream.emit("row", row)
         self._progress(row)
         self.last_arrays = arrays
         g = row["global"]
@@ -232,4 +235,7 @@ class RunRecorder:
             malicious={n: self.s.faults.behaviour for n in sorted(self.s.faults.attackers())},
             **self._selection(),
             privacy=self._privacy())
+        if self.s.output.stream:
+            stream.emit("summary", summary)
+            stream.emit_arrays(final)
         return self.log.finish(summary, plot=self.s.output.plot)

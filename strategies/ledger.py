@@ -11,11 +11,10 @@ import re
 
 from flwr.app import Message
 
-from fedsilo import protocol
 from fedsilo.arrays import nbytes
 
 # How clients/app.py words a failure; Ray wraps it in a traceback on its way to the server.
-_OWN_FAILURE = re.compile(r"institution '[^'\n]+' \([a-z]+\) failed in [^\n]*")
+_OWN_FAILURE = re.compile(r"institution '[^'\n]+' \([^)\n]*\) failed in [^\n]*")
 
 
 def short_reason(reason: str) -> str:
@@ -35,8 +34,7 @@ class RoundLedger:
     """What happened in each round, per institution: replies, metrics, errors, bytes."""
 
     def __init__(self, roster: dict[int, dict]):
-        self.roster = roster  # node id -> {"institution", "kind", "index", ...}
-        self.by_index = {info["index"]: info for info in roster.values()}
+        self.roster = roster  # node id -> {"institution", "kind", "num-train", "num-test"}
         self.train: dict[int, dict[str, dict]] = {}
         self.evaluate: dict[int, dict[str, dict]] = {}
         self.bytes_down: dict[int, int] = {}
@@ -53,9 +51,11 @@ class RoundLedger:
         info = self.roster.get(node_id)
         return info["institution"] if info else f"node {node_id}"
 
-    def institution_of(self, metrics) -> str:
-        """The institution a reply's metrics come from."""
-        return self.by_index[int(metrics[protocol.INSTITUTION_ID])]["institution"]
+    def in_order(self, replies: list[Message]) -> list[Message]:
+        """Replies sorted by institution name: whatever order they arrived in, every sum
+        over them is taken in the same order, so a run gives the same result twice."""
+        return sorted(replies, key=lambda m: (self.name_of(m.metadata.src_node_id),
+                                              m.metadata.src_node_id))
 
     def sending(self, server_round: int, stage: str, msgs: list[Message]) -> None:
         """Note who is asked in this stage and the bytes that go down."""
@@ -94,7 +94,7 @@ class RoundLedger:
             if msg.has_error():
                 continue
             metrics = dict(next(iter(msg.content.metric_records.values())))
-            rows[self.institution_of(metrics)] = metrics
+            rows[self.name_of(msg.metadata.src_node_id)] = metrics
             if stage == "training":
                 up = sum(nbytes(a) for a in msg.content.array_records.values())
                 self.bytes_up[server_round] = self.bytes_up.get(server_round, 0) + up

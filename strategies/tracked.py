@@ -91,7 +91,7 @@ class Tracked(Strategy):
         start = self.ledger.phase_start.get((server_round, stage), self._t_aggregate)
         self.ledger.timing.setdefault(server_round, {})[f"{stage}_phase_s"] = \
             self._t_aggregate - start
-        replies = self.ledger.check(server_round, stage, list(replies),
+        replies = self.ledger.check(server_round, stage, self.ledger.in_order(list(replies)),
                                     tolerate=stage == "training" and self.tolerates_dropouts)
         self.ledger.record(server_round, stage, replies)
         return replies
@@ -103,11 +103,12 @@ class Tracked(Strategy):
     def _record_selection(self, server_round: int, answered: list[Message]) -> None:
         """Which institutions' updates Krum/MultiKrum keeps this round (Flower's own
         selection function on the same replies), so a run shows whom it rejected."""
+        sender = {id(m.content): m.metadata.src_node_id for m in answered}
         kept = select_multikrum([m.content for m in answered],
                                 num_malicious_nodes=self.inner.num_malicious_nodes,
                                 num_nodes_to_select=self.inner.num_nodes_to_select)
         self.ledger.selected[server_round] = sorted(
-            self.ledger.institution_of(c[protocol.METRICS]) for c in kept)
+            self.ledger.name_of(sender[id(c)]) for c in kept)
 
     # -- what a checkpoint keeps -----------------------------------------------------------
     def state(self) -> dict[str, np.ndarray]:

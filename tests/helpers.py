@@ -12,7 +12,7 @@ from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, Rec
 
 def roster(nodes: list[int], kind: str = "bank", prefix: str = "inst") -> dict[int, dict]:
     """node id -> the handshake's description of institution ``<prefix>-<i>``."""
-    return {n: {"institution": f"{prefix}-{i}", "kind": kind, "index": i}
+    return {n: {"institution": f"{prefix}-{i}", "kind": kind}
             for i, n in enumerate(nodes)}
 
 

@@ -11,6 +11,8 @@
     fedsilo privacy RUN_DIR                        the run's privacy report again
     fedsilo keys                                   list every config key with its default
 
+Deployment (fedsilo.deploy.cli): certs, export, superlink, register, node, submit.
+
 Exit codes: 0 success, 1 a run that failed, 2 bad input (config, data, arguments),
 130 interrupted.
 """
@@ -57,6 +59,9 @@ def parser() -> argparse.ArgumentParser:
     _scenario_args(sub.add_parser("config", help="print the resolved scenario"))
     keys = sub.add_parser("keys", help="list every config key with its default")
     keys.add_argument("--markdown", action="store_true", help="as a Markdown table")
+    from fedsilo.deploy.cli import add_parsers
+
+    add_parsers(sub, _scenario_args)
     return p
 
 
@@ -166,9 +171,11 @@ def _rel(p: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from fedsilo.deploy.cli import HANDLERS
+
     handler = {"run": cmd_run, "data": cmd_data, "config": cmd_config, "keys": cmd_keys,
                "baseline": cmd_baseline, "compare": cmd_compare, "sweep": cmd_sweep,
-               "privacy": cmd_privacy}
+               "privacy": cmd_privacy, **HANDLERS}
     try:
         return handler[args.command](args)
     except ConfigError as exc:

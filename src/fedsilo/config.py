@@ -43,6 +43,16 @@ class FederationSection:
     banks: int = _opt(3, "number of bank institutions (synthetic data, iid/dirichlet splits)",
                       low=0)
     hospitals: int = _opt(2, "number of hospital institutions", low=0)
+    institutions: str = _opt("", "comma-separated names of the institutions the server waits "
+                             "for and trains with (empty: those of the scenario's data; "
+                             "`fedsilo run` fills it in; a deployment must name them)")
+    wait_s: float = _opt(120.0, "seconds the server waits for the nodes of every expected "
+                         "institution before it stops and names the missing ones", low=0,
+                         low_open=True)
+
+    def names(self) -> list[str]:
+        """``institutions`` as a list (empty when not given)."""
+        return _split(self.institutions)
 
 
 @dataclass(frozen=True)
@@ -59,7 +69,11 @@ class SyntheticSection:
 @dataclass(frozen=True)
 class DataSection:
     source: str = _opt("synthetic", "'synthetic', or a CSV/JSONL/Parquet file or a saved "
-                       "Hugging Face dataset directory")
+                       "Hugging Face dataset directory (simulation; in a deployment each "
+                       "node names its own file)")
+    labels: str = _opt("", "comma-separated label set, in label-id order (empty: the labels "
+                       "found in the data; a deployment must declare it, and every node's "
+                       "file is checked against it)")
     text_column: str = _opt("text", "column holding the text")
     label_column: str = _opt("label", "column holding the label")
     institution_column: str = _opt("institution", "column naming the institution "
@@ -73,6 +87,14 @@ class DataSection:
                                 low=0, high=0.9, low_open=True)
     min_examples: int = _opt(8, "fewest training examples an institution may hold", low=1)
     synthetic: SyntheticSection = field(default_factory=SyntheticSection)
+
+    def label_names(self) -> list[str]:
+        """``labels`` as a list (empty when not declared)."""
+        return _split(self.labels)
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 @dataclass(frozen=True)
@@ -151,7 +173,12 @@ class OutputSection:
     run_dir: str = _opt("", "set by `fedsilo run`; empty lets the ServerApp create one")
     plot: bool = _opt(True, "write PNG plots")
     audit: bool = _opt(False, "record every reply each institution sends (records, metric "
-                       "values, array shapes) in <run dir>/audit/<institution>.jsonl")
+                       "values, array shapes) in <run dir>/audit/<institution>.jsonl (a "
+                       "deployed node: <its cache dir>/audit/)")
+    stream: bool = _opt(False, "the ServerApp also prints its records (config, metrics rows, "
+                        "summary, final shared arrays) as lines of its log, from which "
+                        "`fedsilo submit` writes the run directory on the submitting machine "
+                        "(submit sets it)")
 
 
 @dataclass(frozen=True)
@@ -346,6 +373,13 @@ def _build(cls: type, nested: dict[str, Any]) -> Any:
 
 def _check_whole(s: Scenario) -> None:
     """Rules that involve more than one field."""
+    for key, names in (("federation.institutions", s.federation.names()),
+                       ("data.labels", s.data.label_names())):
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ConfigError(f"config: '{key}' names {twice[0]!r} more than once")
+    if s.data.labels and len(s.data.label_names()) < 2:
+        raise ConfigError("config: 'data.labels' must declare at least 2 labels")
     if s.data.source == "synthetic" or s.data.partition != "natural":
         if s.federation.banks + s.federation.hospitals < 1:
             raise ConfigError("config: 'federation.banks' + 'federation.hospitals' must be "
@@ -415,6 +449,9 @@ def sampled_per_round(s: Scenario, num_institutions: int) -> int:
 
 
 def known_institutions(s: Scenario) -> int | None:
+    """How many institutions the scenario has, where the config alone says so."""
+    if s.federation.institutions:
+        return len(s.federation.names())
     if s.data.source == "synthetic" or s.data.partition != "natural":
         return s.federation.banks + s.federation.hospitals
     return None

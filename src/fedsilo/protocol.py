@@ -24,12 +24,12 @@ PROXIMAL_MU = "proximal-mu"  # FedProx
 CLIPPING_NORM = "clipping_norm"  # institution-level DP with clipping on the node
 
 # -- the handshake -------------------------------------------------------------------------
-INFO_KEYS = frozenset({"institution", "kind", "index", "labels", "num-train", "num-test"})
+# only what the server needs: who the node is and how many examples it holds
+INFO_KEYS = frozenset({"institution", "kind", "num-train", "num-test"})
 
 # -- metrics -------------------------------------------------------------------------------
 NUM_EXAMPLES = "num-examples"  # the weight of a reply (training or test examples)
-INSTITUTION_ID = "institution-id"
-TRAIN_METRICS = frozenset({NUM_EXAMPLES, INSTITUTION_ID, "train-loss",
+TRAIN_METRICS = frozenset({NUM_EXAMPLES, "train-loss",
                            "train-loss-first-epoch", "steps", "train-time-s"})
 # with privacy.dp: what the institution spent (its own accounting, reported to the server)
 DP_METRICS = frozenset({"dp-epsilon", "dp-delta", "dp-noise-multiplier", "dp-max-grad-norm",
@@ -37,7 +37,7 @@ DP_METRICS = frozenset({"dp-epsilon", "dp-delta", "dp-noise-multiplier", "dp-max
 NORM_BIT = "norm_bit"  # client-adaptive clipping: whether this update was clipped
 CENTRAL_DP_METRICS = frozenset({NORM_BIT})
 TRAIN_DECLARED = TRAIN_METRICS | DP_METRICS | CENTRAL_DP_METRICS
-EVAL_METRICS = frozenset({NUM_EXAMPLES, INSTITUTION_ID, "loss", "accuracy", "macro-f1",
+EVAL_METRICS = frozenset({NUM_EXAMPLES, "loss", "accuracy", "macro-f1",
                           "confusion", "eval-time-s"})
 
 # -- what an institution keeps between rounds, in its own node state -----------------------

@@ -58,12 +58,28 @@ def preflight(s: Scenario):
         tokenizer, backbone = bb.load(ref.location)
         ScopedModel(copy.deepcopy(backbone), tokenizer, s.model, 2, seed=0)
     for key, names in (("faults.crash", s.faults.crashing()),
-                       ("faults.malicious", s.faults.attackers())):
+                       ("faults.malicious", s.faults.attackers()),
+                       ("federation.institutions", set(s.federation.names()))):
         missing = names - set(fed.names())
         if missing:
             raise ConfigError(f"config: '{key}' names unknown institutions: "
                               f"{', '.join(sorted(missing))}")
+    if s.federation.institutions and set(s.federation.names()) != set(fed.names()):
+        left = sorted(set(fed.names()) - set(s.federation.names()))
+        raise ConfigError(f"config: 'federation.institutions' leaves out institutions of the "
+                          f"data: {', '.join(left)}")
+    commas = [n for n in fed.names() if "," in n]
+    if commas:
+        raise ConfigError(f"data.institution_column: institution name {commas[0]!r} contains "
+                          f"a comma, which federation.institutions cannot list")
     return fed, ref, device
+
+
+def shared_facts(s: Scenario, fed) -> Scenario:
+    """The scenario as the apps receive it: the institutions to wait for and the label set
+    written out, so that the server needs no data (as in a deployment)."""
+    return s.replace(**{"federation.institutions": ",".join(fed.names()),
+                        "data.labels": ",".join(fed.labels)})
 
 
 def scratch_env(cache_dir: Path) -> dict[str, str]:
@@ -177,7 +193,7 @@ def simulate(s: Scenario, verbose: bool = False) -> RunOutcome:
     cache_dir = Path(s.simulation.cache_dir).resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)
     run_dir = results.new_run_dir(s).resolve()
-    s = s.replace(**{"output.run_dir": str(run_dir)})
+    s = shared_facts(s, fed).replace(**{"output.run_dir": str(run_dir)})
     os.environ.update(scratch_env(cache_dir))
     token = os.environ[RUN_TOKEN] = uuid.uuid4().hex  # inherited by every Ray process
     ray_tmp, ray_tmp_is_temporary = ray_temp_dir(cache_dir)

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from fedsilo.config import ConfigError, ModelSection, Scenario
-from fedsilo.data import FederationData, InstitutionData, build_federation
+from fedsilo.data import InstitutionData, build_federation
+from fedsilo.data.federation import load_institution
 from fedsilo.models import backbone as bb
 from fedsilo.models.scoped import ScopedModel
 from fedsilo.training.features import (
@@ -68,32 +69,70 @@ def _runtime(backbone: str, cache_dir: str, device: str, cache_mb: int) -> SiloR
     return SiloRuntime(ref, resolve_device(device), cache)
 
 
-def runtime_for(s: Scenario) -> SiloRuntime:
-    """This process's backbone, device and cache for scenario ``s`` (built once)."""
-    return _runtime(s.model.backbone, str(Path(s.simulation.cache_dir).resolve()),
+def runtime_for(s: Scenario, cache_dir: str | None = None) -> SiloRuntime:
+    """This process's backbone, device and cache for scenario ``s`` (built once), with
+    scratch under ``cache_dir`` (default ``simulation.cache_dir``)."""
+    return _runtime(s.model.backbone, str(Path(cache_dir or s.simulation.cache_dir).resolve()),
                     s.simulation.device, s.model.cache_max_mb)
 
 
-def resolve_institution(s: Scenario, node_config: dict) -> tuple[FederationData,
+NODE_KEYS = {"institution", "kind", "data-path", "cache-dir", "partition-id",
+             "num-partitions"}
+
+
+def resolve_institution(s: Scenario, node_config: dict) -> tuple[tuple[str, ...],
                                                                   InstitutionData]:
-    """The institution this node serves: named by ``institution`` in the node config (a
-    deployment) or the ``partition-id`` index (a simulation)."""
+    """(the federation's label set, the institution this node serves).
+
+    A deployed node is started with its institution's name and its own data file
+    (``--node-config 'institution="bank-a" data-path="/srv/bank-a.csv"'``) and reads that
+    file only. In a simulation the node is a ``partition-id`` (or an ``institution`` name)
+    of the scenario's data.
+    """
+    unknown = sorted(set(node_config) - NODE_KEYS)
+    if unknown:
+        raise ConfigError(f"node config: unknown key '{unknown[0]}' (known: "
+                          f"{', '.join(sorted(NODE_KEYS - {'num-partitions'}))})")
+    if "data-path" in node_config:
+        if "institution" not in node_config:
+            raise ConfigError("node config: 'data-path' needs 'institution' (the name this "
+                              "node's data belongs to)")
+        return _own_data(s.data, str(node_config["institution"]),
+                         node_config.get("kind"), str(node_config["data-path"]),
+                         s.scenario.seed)
     fed = build_federation(s)
     if "institution" in node_config:
         name = str(node_config["institution"])
         try:
-            return fed, fed.get(name)
+            return fed.labels, fed.get(name)
         except KeyError:
             raise ConfigError(f"node config: institution '{name}' is not in the scenario "
-                              f"(known: {', '.join(fed.names())})") from None
+                              f"(known: {', '.join(fed.names())}); a deployed node also "
+                              f"names its own file with 'data-path'") from None
     if "partition-id" not in node_config:
-        raise ConfigError("node config: set 'institution' (or 'partition-id' in simulation)")
+        raise ConfigError("node config: set 'institution' and 'data-path' (a deployment) or "
+                          "'partition-id' (a simulation)")
     pid = int(node_config["partition-id"])
     if not 0 <= pid < len(fed.institutions):
         raise ConfigError(f"node config: partition-id {pid} is out of range; the scenario "
                           f"has {len(fed.institutions)} institutions (set num-supernodes "
                           f"to {len(fed.institutions)})")
-    return fed, fed.institutions[pid]
+    return fed.labels, fed.institutions[pid]
+
+
+def _own_data(data, name: str, kind, path: str, seed: int):
+    """A deployed node's own file, read once per process while it is unchanged."""
+    try:
+        st = Path(path).expanduser().stat()
+        stamp = (st.st_mtime_ns, st.st_size)
+    except OSError:
+        stamp = None  # read_table says what is wrong with the path
+    return _read_own_data(data, name, None if kind is None else str(kind), path, seed, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_own_data(data, name, kind, path, seed, _stamp):
+    return load_institution(data, name, kind, path, seed)
 
 
 @dataclass
@@ -104,7 +143,6 @@ class Silo:
     scenario: Scenario
     institution: InstitutionData
     labels: tuple[str, ...]  # the federation's label set, in label-id order
-    index: int  # the institution's position in the federation
     runtime: SiloRuntime
 
     @property
@@ -124,18 +162,19 @@ class Silo:
         return labels_of(self.institution, split)
 
     def describe(self) -> dict:
-        """The handshake's answer: who this node is and what it trains on."""
+        """The handshake's answer: only what the server needs (who, and how many)."""
         inst = self.institution
-        return {"institution": inst.name, "kind": inst.kind, "index": self.index,
-                "labels": list(self.labels), "num-train": len(inst.train_texts),
-                "num-test": len(inst.test_texts)}
+        return {"institution": inst.name, "kind": inst.kind,
+                "num-train": len(inst.train_texts), "num-test": len(inst.test_texts)}
 
 
 def silo_for(s: Scenario, node_config: dict) -> Silo:
-    """The institution this node serves, with this process's runtime for ``s``."""
-    fed, inst = resolve_institution(s, node_config)
+    """The institution this node serves, with this process's runtime for ``s``. A node's
+    ``cache-dir`` puts its feature cache (and built models) on its own disk."""
+    labels, inst = resolve_institution(s, node_config)
     torch.set_num_threads(max(1, int(s.simulation.cpus_per_client)))
-    return Silo(s, inst, fed.labels, fed.names().index(inst.name), runtime_for(s))
+    cache_dir = str(node_config.get("cache-dir", s.simulation.cache_dir))
+    return Silo(s, inst, labels, runtime_for(s, cache_dir))
 
 
 def scope_tag(m: ModelSection) -> str:

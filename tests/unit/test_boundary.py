@@ -19,7 +19,7 @@ from fedsilo.privacy.boundary import check_reply
 pytestmark = pytest.mark.usefixtures("flower_identity")
 SHARED = {"head.out.weight": np.zeros((8, 4), np.float32),
           "head.out.bias": np.zeros(8, np.float32)}
-TRAIN_M = {"num-examples": 3, "institution-id": 0, "train-loss": 1.0,
+TRAIN_M = {"num-examples": 3, "train-loss": 1.0,
            "train-loss-first-epoch": 2.0, "steps": 1, "train-time-s": 0.1}
 
 
@@ -74,18 +74,19 @@ def test_undeclared_metrics_are_refused():
 
 def test_handshake_carries_only_the_declared_keys():
     sent = Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=1)
-    info = {"institution": "bank-1", "kind": "bank", "index": 0, "labels": ["a", "b"],
-            "num-train": 3, "num-test": 1}
+    info = {"institution": "bank-1", "kind": "bank", "num-train": 3, "num-test": 1}
     assert check_reply(sent, _reply(sent, {"info": ConfigRecord(info)})) == []
     leaky = ConfigRecord({**info, "sample": "my card was stolen"})
     assert check_reply(sent, _reply(sent, {"info": leaky})) != []
+    where = ConfigRecord({**info, "data-path": "/srv/bank-1/messages.csv"})
+    assert check_reply(sent, _reply(sent, {"info": where})) != []  # never where data lives
 
 
 def test_evaluate_reply_with_arrays_is_refused():
     sent = Message(RecordDict({"arrays": _arrays(SHARED),
                                "config": ConfigRecord({"server-round": 1})}),
                    message_type=MessageType.EVALUATE, dst_node_id=1)
-    m = MetricRecord({"num-examples": 1, "institution-id": 0, "loss": 1.0, "accuracy": 1.0,
+    m = MetricRecord({"num-examples": 1, "loss": 1.0, "accuracy": 1.0,
                       "macro-f1": 1.0, "confusion": [1, 0, 0, 0], "eval-time-s": 0.1})
     assert check_reply(sent, _reply(sent, {"metrics": m})) == []
     bad = _reply(sent, {"metrics": m, "arrays": _arrays(SHARED)})

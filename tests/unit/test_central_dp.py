@@ -32,7 +32,7 @@ def _strategy(mode: str, **sets):
 def _replies(x: dict, updates: list[dict], bits: list[int] | None = None) -> list[Message]:
     out = []
     for i, (n, u) in enumerate(zip(NODES, updates, strict=True)):
-        metrics = {"num-examples": 10 * (i + 1), "institution-id": i, "train-loss": 1.0}
+        metrics = {"num-examples": 10 * (i + 1), "train-loss": 1.0}
         if bits is not None:
             metrics["norm_bit"] = bits[i]
         out.append(reply(n, {k: x[k] + u[k] for k in x}, metrics, dtype=np.float32))

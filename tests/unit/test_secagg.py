@@ -59,7 +59,6 @@ class LocalGrid:
         return Message(RecordDict({
             "arrays": ArrayRecord({k: Array(v.astype(np.float32)) for k, v in trained.items()}),
             "metrics": MetricRecord({"num-examples": WEIGHTS[nid],
-                                     "institution-id": NODES.index(nid),
                                      "train-loss": 0.5})}), reply_to=msg)
 
     def send_and_receive(self, messages, timeout=None):

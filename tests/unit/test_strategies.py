@@ -24,8 +24,7 @@ ROSTER = roster([10 + i for i in range(5)])
 
 
 def _reply(node: int, w: np.ndarray, n: int, extra: dict | None = None) -> Message:
-    return reply(node, {"w": w}, {"num-examples": n, "institution-id": node - 10,
-                                  "train-loss": 1.0},
+    return reply(node, {"w": w}, {"num-examples": n, "train-loss": 1.0},
                  {k: {"w": v} for k, v in (extra or {}).items()}, dtype=np.float32)
 
 

@@ -10,9 +10,9 @@ from fedsilo.config import Scenario
 from strategies import ClientFailure, RoundLedger, aggregate_evaluate_metrics, build_strategy
 from tests.helpers import reply as _reply
 
-ROSTER = {10: {"institution": "bank-1", "kind": "bank", "index": 0},
-          11: {"institution": "bank-2", "kind": "bank", "index": 1},
-          12: {"institution": "hospital-1", "kind": "hospital", "index": 2}}
+ROSTER = {10: {"institution": "bank-1", "kind": "bank"},
+          11: {"institution": "bank-2", "kind": "bank"},
+          12: {"institution": "hospital-1", "kind": "hospital"}}
 
 
 def _strategy():
@@ -25,7 +25,7 @@ def test_fedavg_weights_by_true_number_of_examples(flower_identity):
     b = [np.array([1.0]), np.array([3.0]), np.array([2.0])]
     n = [30, 10, 60]
     replies = [_reply(node, {"out.weight": w[i], "out.bias": b[i]},
-                      {"num-examples": n[i], "institution-id": i, "train-loss": 1.0})
+                      {"num-examples": n[i], "train-loss": 1.0})
                for i, node in enumerate(ROSTER)]
     arrays, _ = _strategy().aggregate_train(1, replies)
     # by hand: (30*w0 + 10*w1 + 60*w2) / 100
@@ -39,7 +39,7 @@ def test_fedavg_weights_by_true_number_of_examples(flower_identity):
 def test_ledger_records_per_institution_metrics_and_bytes(flower_identity):
     s = _strategy()
     replies = [_reply(node, {"w": np.ones(5, dtype=np.float32)},
-                      {"num-examples": 4, "institution-id": info["index"], "train-loss": 0.5})
+                      {"num-examples": 4, "train-loss": 0.5})
                for node, info in ROSTER.items()]
     s.aggregate_train(3, replies)
     assert set(s.ledger.train[3]) == {"bank-1", "bank-2", "hospital-1"}
@@ -48,7 +48,7 @@ def test_ledger_records_per_institution_metrics_and_bytes(flower_identity):
 
 def test_a_client_error_names_the_institution_and_stops_the_round(flower_identity):
     s = _strategy()
-    good = _reply(10, {"w": np.ones(2)}, {"num-examples": 1, "institution-id": 0,
+    good = _reply(10, {"w": np.ones(2)}, {"num-examples": 1,
                                           "train-loss": 0.1})
     sent = Message(RecordDict(), message_type=MessageType.TRAIN, dst_node_id=11)
     wrapped = ("<class 'ray.exceptions.RayTaskError'>:<'ray::ClientAppActor.run()\n  File x\n"
@@ -73,7 +73,7 @@ def test_an_unwrapped_error_is_attributed_by_node_id(flower_identity):
 def test_a_missing_reply_is_a_failure(flower_identity):
     s = _strategy()
     s.ledger.sent[(4, "training")] = [10, 11]
-    good = _reply(10, {"w": np.ones(2)}, {"num-examples": 1, "institution-id": 0,
+    good = _reply(10, {"w": np.ones(2)}, {"num-examples": 1,
                                           "train-loss": 0.1})
     with pytest.raises(ClientFailure, match="'bank-2' sent no training reply in round 4"):
         s.aggregate_train(4, [good])

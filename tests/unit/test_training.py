@@ -22,9 +22,9 @@ def scenario(cache_dir):
 
 
 def _train(s, pid=1, seed=5):
-    fed, inst = silo.resolve_institution(s, {"partition-id": pid})
+    labels, inst = silo.resolve_institution(s, {"partition-id": pid})
     rt = silo.runtime_for(s)
-    model = rt.model(s.model, len(fed.labels), seed=1)
+    model = rt.model(s.model, len(labels), seed=1)
     start = model.get_arrays()
     model.set_arrays(start)  # every round starts from the received arrays
     stats = local_train(model, silo.features(s, rt, model, inst, "train"), inst.train_labels,
@@ -94,15 +94,15 @@ def test_cache_key_changes_with_everything_that_changes_outputs(scenario):
 
 
 def test_a_new_max_length_or_backbone_is_encoded_again(scenario):
-    fed, inst = silo.resolve_institution(scenario, {"partition-id": 0})
+    labels, inst = silo.resolve_institution(scenario, {"partition-id": 0})
     rt = silo.runtime_for(scenario)
-    model = rt.model(scenario.model, len(fed.labels))
+    model = rt.model(scenario.model, len(labels))
     silo.features(scenario, rt, model, inst, "train")
     misses = rt.cache.misses
     silo.features(scenario, rt, model, inst, "train")
     assert rt.cache.misses == misses  # hit
     shorter = scenario.replace(**{"model.max_length": 8})  # truncates most texts
-    m8 = rt.model(shorter.model, len(fed.labels))
+    m8 = rt.model(shorter.model, len(labels))
     f8 = silo.features(shorter, rt, m8, inst, "train")
     assert rt.cache.misses == misses + 1
     f32 = silo.features(scenario, rt, model, inst, "train")
@@ -117,7 +117,7 @@ def test_a_new_max_length_or_backbone_is_encoded_again(scenario):
 
 def test_top_k_cache_holds_token_states_and_mask(scenario):
     s = scenario.replace(**{"model.scope": "top-k", "model.top_k": 1})
-    fed, inst = silo.resolve_institution(s, {"partition-id": 0})
+    labels, inst = silo.resolve_institution(s, {"partition-id": 0})
     rt = silo.runtime_for(s)
     feats = silo.features(s, rt, rt.model(s.model, 8), inst, "train")
     n = len(inst.train_texts)
@@ -149,11 +149,11 @@ def test_memory_cache_is_bounded():
 
 def test_local_training_lowers_the_loss_and_beats_chance(scenario):
     s = scenario.replace(**{"train.local_epochs": 30})
-    fed, inst = silo.resolve_institution(s, {"partition-id": 2})
+    labels, inst = silo.resolve_institution(s, {"partition-id": 2})
     rt = silo.runtime_for(s)
     _, after, stats = _train(s, pid=2)
     assert stats.loss < 0.8 * stats.first_loss
-    model = rt.model(s.model, len(fed.labels), seed=1)
+    model = rt.model(s.model, len(labels), seed=1)
     model.set_arrays(after)
     train_eval = evaluate(model, silo.features(s, rt, model, inst, "train"),
                           inst.train_labels, 8, torch.device("cpu"))

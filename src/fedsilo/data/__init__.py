@@ -5,6 +5,20 @@ If you look for how a scenario becomes per-institution train/test splits, it is
 ``loaders.py``; IID and Dirichlet splits are ``partition.py``.
 """
 
+from fedsilo.config import ConfigError, Scenario
 from fedsilo.data.federation import FederationData, InstitutionData, build_federation
 
-__all__ = ["FederationData", "InstitutionData", "build_federation"]
+__all__ = ["FederationData", "InstitutionData", "build_federation", "shared_labels"]
+
+
+def shared_labels(s: Scenario) -> tuple[str, ...]:
+    """The federation's label set from the scenario alone (the server holds no data):
+    ``data.labels``, or the synthetic corpus's labels."""
+    if s.data.labels:
+        return tuple(s.data.label_names())
+    if s.data.source == "synthetic":
+        from fedsilo.data.synthetic import LABELS
+
+        return tuple(LABELS)
+    raise ConfigError("config: 'data.labels' must declare the label set: the server reads "
+                      "no data (`fedsilo run` fills it in from data.source)")

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -70,12 +71,28 @@ def build_federation(s: Scenario) -> FederationData:
 
 @functools.lru_cache(maxsize=4)
 def _build(data: DataSection, fed: FederationSection, seed: int) -> FederationData:
+    label_names, groups = _groups(data, fed, seed)
+    institutions = [_institution(name, kind, texts, ids, data, seed)
+                    for name, kind, texts, ids in groups]
+    return FederationData(labels=tuple(label_names), institutions=tuple(institutions))
+
+
+def institution_rows(s: Scenario) -> tuple[tuple[str, ...], list[tuple[str, str, list[str],
+                                                                        np.ndarray]]]:
+    """(label set, [(name, kind, texts, label ids)]): each institution's rows before its
+    train/test cut, in the order the cut sees them."""
+    return _groups(s.data, s.federation, s.scenario.seed)
+
+
+def _groups(data: DataSection, fed: FederationSection, seed: int):
     if data.source == "synthetic":
         texts, labels, insts, kinds = _synthetic_pool(data, fed, seed)
-        label_names = synthetic.LABELS
+        found = tuple(synthetic.LABELS)
     else:
-        texts, labels, insts, kinds, label_names = _file_pool(data)
-    label_ids = np.asarray([label_names.index(lab) for lab in labels], dtype=np.int64)
+        texts, labels, insts, kinds, found = _file_pool(data)
+    label_names = declared_labels(data, found, data.source)
+    index = {lab: i for i, lab in enumerate(label_names)}
+    label_ids = np.asarray([index[lab] for lab in labels], dtype=np.int64)
 
     groups: list[tuple[str, str, np.ndarray]] = []
     if data.partition == "natural":
@@ -95,22 +112,91 @@ def _build(data: DataSection, fed: FederationSection, seed: int) -> FederationDa
         parts = split_indices(label_ids.tolist(), len(named), data.partition, data.alpha,
                               seed, min_size=min_rows)
         groups = [(name, kind, rows) for (name, kind), rows in zip(named, parts, strict=True)]
+    return label_names, [(name, kind, [texts[i] for i in rows], label_ids[rows])
+                         for name, kind, rows in groups]
 
-    institutions = []
-    for name, kind, rows in groups:
-        tr, te = train_test_split(len(rows), data.test_fraction, seed, name)
-        train_rows, test_rows = rows[tr], rows[te]
-        if len(train_rows) < data.min_examples:
-            raise ConfigError(f"data: institution '{name}' has {len(train_rows)} training "
-                              f"examples, fewer than data.min_examples = "
-                              f"{data.min_examples}")
-        institutions.append(InstitutionData(
-            name=name, kind=kind,
-            train_texts=tuple(texts[i] for i in train_rows),
-            train_labels=label_ids[train_rows],
-            test_texts=tuple(texts[i] for i in test_rows),
-            test_labels=label_ids[test_rows]))
-    return FederationData(labels=tuple(label_names), institutions=tuple(institutions))
+
+def export_institutions(s: Scenario, out_dir: Path) -> list[Path]:
+    """Write each institution's rows to ``out_dir/<institution>.csv`` (text, label, kind):
+    the files a deployment's nodes would each hold, to try one on a single machine. A node
+    given its file makes exactly the train/test split the simulation makes."""
+    import pandas as pd
+
+    labels, groups = institution_rows(s)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ConfigError(f"OUT_DIR: '{out_dir}' already exists and is not empty")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, kind, texts, ids in groups:
+        path = out_dir / f"{name}.csv"
+        pd.DataFrame({"text": texts, "label": [labels[i] for i in ids],
+                      "kind": [kind] * len(texts)}).to_csv(path, index=False)
+        paths.append(path)
+    return paths
+
+
+def declared_labels(data: DataSection, found: tuple[str, ...], where: str) -> tuple[str, ...]:
+    """The label set: ``data.labels`` when declared (every label in ``found`` must be in it),
+    else the labels found."""
+    declared = data.label_names()
+    if not declared:
+        for lab in found:
+            if "," in lab:
+                raise ConfigError(f"data.label_column: label {lab!r} in '{where}' contains a "
+                                  f"comma, which data.labels cannot list")
+        return found
+    extra = [lab for lab in found if lab not in declared]
+    if extra:
+        raise ConfigError(f"data.labels: '{where}' has label {extra[0]!r}, which data.labels "
+                          f"does not declare ({', '.join(declared)})")
+    return tuple(declared)
+
+
+def _institution(name: str, kind: str, texts: list[str], label_ids: np.ndarray,
+                 data: DataSection, seed: int) -> InstitutionData:
+    """An institution's rows cut into its private train and test splits."""
+    tr, te = train_test_split(len(texts), data.test_fraction, seed, name)
+    if len(tr) < data.min_examples:
+        raise ConfigError(f"data: institution '{name}' has {len(tr)} training examples, "
+                          f"fewer than data.min_examples = {data.min_examples}")
+    return InstitutionData(name=name, kind=kind,
+                           train_texts=tuple(texts[i] for i in tr),
+                           train_labels=label_ids[tr],
+                           test_texts=tuple(texts[i] for i in te),
+                           test_labels=label_ids[te])
+
+
+def load_institution(data: DataSection, name: str, kind: str | None, path: str,
+                     seed: int) -> tuple[tuple[str, ...], InstitutionData]:
+    """One institution's data from its own file (a deployed node): the file is read and
+    nothing else. Its labels must be among ``data.labels``, which a deployment declares;
+    an institution column, if the file has one, may name only this institution.
+    Returns (the federation's label set, the institution)."""
+    from fedsilo.data.loaders import check_columns, read_table
+
+    if not data.label_names():
+        raise ConfigError("data.labels: a deployed node needs the federation's label set "
+                          "declared in the run config (data.labels = \"a,b,...\")")
+    df = check_columns(read_table(path, key="data-path"), path, data.text_column,
+                       data.label_column)
+    if data.institution_column in df.columns:
+        others = sorted(set(df[data.institution_column].astype(str)) - {name})
+        if others:
+            raise ConfigError(f"data-path: '{path}' holds rows of other institutions "
+                              f"({', '.join(others[:3])}); a node's file must hold only "
+                              f"'{name}'s own rows")
+    labels = df[data.label_column].tolist()
+    label_names = declared_labels(data, tuple(sorted(set(labels))), path)
+    index = {lab: i for i, lab in enumerate(label_names)}
+    if kind is None:
+        kinds = (df[data.kind_column].astype(str).str.lower().tolist()
+                 if data.kind_column and data.kind_column in df.columns else None)
+        kind = _kind_of(name, kinds, np.arange(len(df)), data)
+    elif kind not in synthetic.KINDS:
+        raise ConfigError(f"node config: kind must be 'bank' or 'hospital', got {kind!r}")
+    inst = _institution(name, kind, df[data.text_column].tolist(),
+                        np.asarray([index[lab] for lab in labels], dtype=np.int64), data, seed)
+    return label_names, inst
 
 
 def _synthetic_pool(data: DataSection, fed: FederationSection, seed: int):

@@ -12,17 +12,18 @@ SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "par
             ".pq": "parquet"}
 
 
-def read_table(source: str) -> pd.DataFrame:
-    """The rows of ``source`` as a DataFrame; a bad file is a ConfigError naming it."""
+def read_table(source: str, key: str = "data.source") -> pd.DataFrame:
+    """The rows of ``source`` as a DataFrame; a bad file is a ConfigError naming it (and
+    ``key``, the setting that named the file)."""
     path = Path(source).expanduser()
     if not path.exists():
-        raise ConfigError(f"data.source: file '{source}' does not exist")
+        raise ConfigError(f"{key}: file '{source}' does not exist")
     try:
         if path.is_dir():
             return _read_hf_dir(path)
         kind = SUFFIXES.get(path.suffix.lower())
         if kind is None:
-            raise ConfigError(f"data.source: '{source}' has an unsupported type "
+            raise ConfigError(f"{key}: '{source}' has an unsupported type "
                               f"(use .csv, .jsonl, .parquet or a saved dataset directory)")
         if kind == "csv":
             return pd.read_csv(path)
@@ -33,7 +34,7 @@ def read_table(source: str) -> pd.DataFrame:
         raise
     except Exception as exc:  # a parser error of any library, reported as one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"data.source: cannot read '{source}': {first}") from None
+        raise ConfigError(f"{key}: cannot read '{source}': {first}") from None
 
 
 def _read_hf_dir(path: Path) -> pd.DataFrame:
