@@ -103,6 +103,26 @@ def test_a_deployed_run_completes_and_equals_the_simulated_one(federation, tmp_p
         np.testing.assert_allclose(deployed[k], simulated[k], rtol=0, atol=1e-6)
 
 
+def test_secure_aggregation_and_dp_sgd_work_deployed(federation):
+    """The privacy features across real processes: each node keeps its own DP-SGD account
+    between rounds (in its node state), and the server learns only the masked sum."""
+    proc = submit(federation, "privacy.secagg.enabled=true", "privacy.dp=true",
+                  "privacy.noise_multiplier=1.0", "strategy.name=fedprox")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = [d for d in run_dirs(federation) if not d.name.endswith((".failed",
+                                                                   ".incomplete"))][-1]
+    summary = json.loads((run / "summary.json").read_text())
+    privacy = summary["privacy"]
+    assert set(privacy["institutions"]) == set(INSTITUTIONS)
+    steps = {n: v["steps"] for n, v in privacy["institutions"].items()}
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    first = {n: v["privacy"]["steps"] for n, v in rows[0]["institutions"].items()}
+    assert all(steps[n] == 2 * first[n] > 0 for n in INSTITUTIONS)  # accounted over rounds
+    assert privacy["secure_aggregation"]["rounds_with_dropouts"] == 0
+    assert all(r["secagg"]["survived"] == len(INSTITUTIONS) for r in rows)
+    assert all(r["bytes_up"] == 0 for r in rows)  # no array left any node in the clear
+
+
 def test_a_node_whose_key_was_never_registered_is_refused(federation):
     fed = federation
     host = fed.root / "hosts" / "rogue"
