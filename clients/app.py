@@ -16,10 +16,12 @@ from flwr.clientapp import ClientApp
 
 from clients.boundary import boundary_guard
 from clients.secagg import secure_aggregation
+from clients.state import recall, remember
 from fedsilo import config, protocol
 from fedsilo.arrays import from_record, to_record
 from fedsilo.silo import Silo, silo_for
-from fedsilo.training.round import Instruction, Memory, run_evaluation, run_training
+from fedsilo.training import memory
+from fedsilo.training.round import Instruction, run_evaluation, run_training
 
 # boundary_guard sees exactly what leaves the node: with secure aggregation, masked vectors
 app = ClientApp(mods=[boundary_guard, secure_aggregation])
@@ -68,9 +70,11 @@ def train(msg: Message, context: Context) -> Message:
             if protocol.SCAFFOLD_CONTROL in msg.content else None,
             clip_norm=float(settings[protocol.CLIPPING_NORM])
             if protocol.CLIPPING_NORM in settings else None)
-        memory = recall(context.state)
-        reply = run_training(silo, ins, memory)
-        remember(context.state, memory)
+        kept = memory.snapshot_dir(silo.runtime.scratch, str(settings.get(
+            protocol.RUN_KEY, "run")), silo.name)
+        mem = recall(context.state, kept, server_round, silo)
+        reply = run_training(silo, ins, mem)
+        remember(context.state, kept, mem)
     records = RecordDict({protocol.ARRAYS: to_record(reply.arrays, np.float32)})
     if reply.scaffold_delta_c is not None:
         records[protocol.SCAFFOLD_DELTA_C] = to_record(reply.scaffold_delta_c, np.float32)
@@ -85,23 +89,3 @@ def evaluate(msg: Message, context: Context) -> Message:
     with failing_as(silo.name, silo.institution.kind, f"evaluation (round {server_round})"):
         metrics = run_evaluation(silo, from_record(msg.content[protocol.ARRAYS]))
     return Message(RecordDict({protocol.METRICS: MetricRecord(metrics)}), reply_to=msg)
-
-
-def recall(state: RecordDict) -> Memory:
-    """The institution's memory from its node state (empty in its first round)."""
-    memory = Memory()
-    if protocol.STATE_SCAFFOLD_VARIATE in state:
-        memory.scaffold_variate = from_record(state[protocol.STATE_SCAFFOLD_VARIATE],
-                                              np.float32)
-    if protocol.STATE_DP in state:
-        memory.dp_steps = int(state[protocol.STATE_DP]["steps"])
-    return memory
-
-
-def remember(state: RecordDict, memory: Memory) -> None:
-    """Keep the institution's memory in its node state for the next round."""
-    if memory.scaffold_variate is not None:
-        state[protocol.STATE_SCAFFOLD_VARIATE] = to_record(memory.scaffold_variate,
-                                                           np.float32)
-    if memory.dp_steps is not None:
-        state[protocol.STATE_DP] = ConfigRecord({"steps": memory.dp_steps})

@@ -18,12 +18,14 @@ from fedsilo.arrays import to_record
 from fedsilo.data import shared_labels
 from fedsilo.deploy import stream
 from fedsilo.flower_compat import faster_object_pulls
+from fedsilo.interrupt import Interrupted
 from fedsilo.models import Head
 from fedsilo.models import backbone as bb
 from fedsilo.models.scoped import ScopedModel
 from fedsilo.privacy import check_scenario
+from fedsilo.protocol import RUN_KEY
 from server.handshake import handshake
-from server.record import RunRecorder, TargetReached, _say
+from server.record import RunRecorder, TargetReached, _say, restore_random_states
 from server.transport import FastGrid, exchange
 from strategies import RoundLedger, Tracked, build_strategy
 from strategies.central_dp import PrivacyBudgetSpent
@@ -36,7 +38,10 @@ def main(grid: Grid, context: Context) -> None:
     s = config.from_flat(dict(context.run_config))
     check_scenario(s)
     if s.output.run_dir:  # `fedsilo run` made it, and finalises it after checking the outcome
-        run(grid, s, Path(s.output.run_dir))
+        try:
+            run(grid, s, Path(s.output.run_dir))
+        except Interrupted:
+            return  # stopped by a signal: `fedsilo run` reports it and cleans up
         return
     # `flwr run`: this app owns the directory and finalises it
     with results.RunDirectory(results.new_run_dir(s).resolve()) as rd:
@@ -45,36 +50,48 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def run(grid: Grid, s: config.Scenario, run_dir: Path) -> None:
-    """All rounds of scenario ``s``, recorded in ``run_dir``."""
+    """All rounds of scenario ``s`` (or, with ``output.resume``, the rounds after the
+    run's last checkpoint), recorded in ``run_dir``."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    resumed = results.read_checkpoint(run_dir) if s.output.resume else None
     random.seed(s.scenario.seed)  # Flower samples institutions with the global `random`
     # the scenario as a user re-runs it: without this run's directory
-    resolved = config.to_toml(s.replace(**{"output.run_dir": "", "output.stream": False}))
-    (run_dir / "config.toml").write_text(resolved)
+    resolved = config.to_toml(s.replace(**{"output.run_dir": "", "output.stream": False,
+                                           "output.resume": False}))
+    if resumed is None:
+        (run_dir / "config.toml").write_text(resolved)
     if s.output.stream:
         stream.emit("config", resolved)
 
     t0 = time.time()
     faster_object_pulls()  # replies are pulled as soon as their content is there
-    grid = FastGrid(grid)
     labels = list(shared_labels(s))
-    roster = handshake(grid, s)
+    roster = handshake(FastGrid(grid), s)
+    # sample by institution name, never by the (random) node ids
+    grid = FastGrid(grid, order={n: i["institution"] for n, i in roster.items()})
     t_handshake = time.time()
     _say(f"{len(roster)} institutions: " + ", ".join(
         f"{i['institution']} ({i['kind']}, {i['num-train']} train / {i['num-test']} test)"
         for i in roster.values()))
 
-    initial = initial_arrays(s, len(labels))
-    startup = {"server_started_at": t0, "handshake_s": t_handshake - t0,
-               "initial_arrays_s": time.time() - t_handshake}
-
     ledger = RoundLedger(roster)
     strategy = build_strategy(s, ledger, num_nodes=len(roster),
                               max_weight=max(int(i["num-train"]) for i in roster.values()))
-    recorder = RunRecorder(s, run_dir, ledger, labels, strategy, startup)
     np.random.seed(s.scenario.seed)  # Flower's DP wrappers draw their noise from numpy
+    if resumed is None:
+        arrays, first = initial_arrays(s, len(labels)), 1
+    else:
+        state, shared, strategy_arrays = resumed
+        arrays, first = to_record(shared), int(state["round"]) + 1
+        strategy.restore(strategy_arrays, state.get("strategy_scalars", {}))
+        restore_random_states(state)
+        _say(f"resuming after round {state['round']} of {s.scenario.rounds}")
+    startup = {"server_started_at": t0, "handshake_s": t_handshake - t0,
+               "initial_arrays_s": time.time() - t_handshake}
+    recorder = RunRecorder(s, run_dir, ledger, labels, strategy, startup,
+                           resumed_from=first - 1)
     try:
-        final = run_rounds(grid, strategy, recorder, initial, s)
+        final = run_rounds(grid, strategy, recorder, arrays, s, first, run_dir.name)
     except TargetReached:
         final = recorder.last_arrays
     except PrivacyBudgetSpent as exc:
@@ -91,11 +108,13 @@ def run(grid: Grid, s: config.Scenario, run_dir: Path) -> None:
 
 
 def run_rounds(grid: Grid, strategy: Tracked, recorder: RunRecorder, arrays: ArrayRecord,
-               s: config.Scenario) -> ArrayRecord:
-    """Rounds 1..N: train the sampled institutions and aggregate, evaluate, record."""
+               s: config.Scenario, first: int, run_key: str) -> ArrayRecord:
+    """Rounds ``first``..N: train the sampled institutions and aggregate, evaluate,
+    record. ``run_key`` names the run to the nodes (where they keep their memory)."""
     timeout = s.strategy.round_timeout_s
-    for r in range(1, s.scenario.rounds + 1):
-        msgs = list(strategy.configure_train(r, arrays, ConfigRecord(), grid))
+    key = run_key.removesuffix(results.INCOMPLETE).removesuffix(results.FAILED)
+    for r in range(first, s.scenario.rounds + 1):
+        msgs = list(strategy.configure_train(r, arrays, ConfigRecord({RUN_KEY: key}), grid))
         recorder.on_round_start(r, len(msgs))
         new, _ = strategy.aggregate_train(r, exchange(grid, msgs, timeout))
         if new is not None:

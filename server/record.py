@@ -3,6 +3,7 @@ then the summary, the final head and the plot."""
 
 from __future__ import annotations
 
+import random
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,20 @@ def privacy_of(train_metrics: dict) -> dict:
             "steps": int(t["dp-steps"]), "stopped_by_budget": bool(t["dp-stopped"])}
 
 
+def _jsonable(value):
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def restore_random_states(state: dict) -> None:
+    """Put back the random states a checkpoint saved (see RunRecorder._state)."""
+    version, internal, gauss = state["random"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy_random"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
 class TargetReached(Exception):
     """Raised after the round whose global accuracy reached scenario.target_accuracy."""
 
@@ -41,7 +56,7 @@ class RunRecorder:
     summary, the final head and the plot."""
 
     def __init__(self, s: Scenario, run_dir: Path, ledger: RoundLedger, labels: list[str],
-                 strategy: Tracked, startup: dict | None = None):
+                 strategy: Tracked, startup: dict | None = None, resumed_from: int = 0):
         self.s, self.run_dir, self.ledger, self.labels = s, run_dir, ledger, labels
         self.strategy = strategy  # its state goes into every checkpoint
         self.startup = dict(startup or {})
@@ -50,8 +65,11 @@ class RunRecorder:
         self.started_at = time.time()
         self.first_round_started: float | None = None
         self.first_round_started_at: float | None = None
-        self.log = results.RunLog(run_dir)
+        self.log = results.RunLog(run_dir, fresh=not resumed_from)
         self.rows = self.log.rows
+        self.resumed_from = resumed_from
+        if resumed_from:  # the rows of the rounds the checkpoint holds
+            self.log.keep_until(resumed_from)
         self.last_arrays: ArrayRecord | None = None
         self.stopped_early = False
 
@@ -62,18 +80,22 @@ class RunRecorder:
             self.first_round_started_at = time.time()
             cache = "encoding their data once (cached afterwards)" if self.s.model.cache \
                 else "encoding their data"
-            _say(f"round 1/{self.s.scenario.rounds}: {num_nodes} institutions training, "
-                 f"{cache}...")
+            _say(f"round {server_round}/{self.s.scenario.rounds}: {num_nodes} institutions "
+                 f"training, {cache}...")
 
     def on_round_end(self, server_round: int, arrays: ArrayRecord) -> None:
-        """After each round's aggregation and evaluation: record, checkpoint, report."""
+        """After each round's aggregation and evaluation: the checkpoint's arrays, the
+        metrics row, then the checkpoint's commit (so the committed checkpoint's round
+        always has its row), and the progress line."""
         t0 = time.perf_counter()
-        self._checkpoint(server_round, arrays)
+        staged = results.stage_checkpoint(self.run_dir, server_round, from_record(arrays),
+                                          self.strategy.state())
         now = time.perf_counter()
         row = self._row(server_round, now - self.t_round)
         row["timing"]["checkpoint_s"] = now - t0
         self.t_round = now
         self.log.append(row)
+        results.commit_checkpoint(self.run_dir, server_round, staged, self._state())
         if self.s.output.stream:
             stream.emit("row", row)
         self._progress(row)
@@ -136,11 +158,17 @@ class RunRecorder:
             **extra,
         }
 
-    def _checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
-        state = {"rounds": self.s.scenario.rounds, "seed": self.s.scenario.seed,
-                 "strategy": self.s.strategy.name, "labels": self.labels}
-        results.write_checkpoint(self.run_dir, server_round, from_record(arrays),
-                                 self.strategy.state(), state)
+    def _state(self) -> dict:
+        """What the checkpoint keeps besides arrays: the scenario's identity, the random
+        states that sample institutions (Python's) and draw the server's DP noise
+        (numpy's), and the strategy's scalar state."""
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        return {"rounds": self.s.scenario.rounds, "seed": self.s.scenario.seed,
+                "strategy": self.s.strategy.name, "labels": self.labels,
+                "random": _jsonable(random.getstate()),
+                "numpy_random": [kind, keys.tolist(), int(pos), int(has_gauss),
+                                 float(cached)],
+                "strategy_scalars": self.strategy.scalars()}
 
     def _progress(self, row: dict) -> None:
         r, total = row["round"], self.s.scenario.rounds
@@ -233,6 +261,7 @@ class RunRecorder:
             labels=self.labels,
             strategy={"name": self.s.strategy.name},
             malicious={n: self.s.faults.behaviour for n in sorted(self.s.faults.attackers())},
+            resumed_from_round=self.resumed_from or None,
             **self._selection(),
             privacy=self._privacy())
         if self.s.output.stream:

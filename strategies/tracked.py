@@ -110,10 +110,11 @@ class Tracked(Strategy):
         self.ledger.selected[server_round] = sorted(
             self.ledger.name_of(sender[id(c)]) for c in kept)
 
-    # -- what a checkpoint keeps -----------------------------------------------------------
+    # -- what a checkpoint keeps, and a resumed run gets back ---------------------------------
     def state(self) -> dict[str, np.ndarray]:
         """The server-side state a resume needs, as named arrays: FedAdam/FedYogi/FedAdagrad
-        moments, FedAvgM's momentum, SCAFFOLD's control variate (empty for stateless ones)."""
+        moments, FedAvgM's momentum and its own copy of the weights, SCAFFOLD's control
+        variate (empty for stateless ones)."""
         inner = self.inner
         out: dict[str, np.ndarray] = {}
         for attr in ("m_t", "v_t", "control"):
@@ -121,10 +122,35 @@ class Tracked(Strategy):
                 out[f"{attr}/{k}"] = np.asarray(v)
         momentum = getattr(inner, "momentum_vector", None)
         current = getattr(inner, "current_arrays", None)
-        if momentum is not None and current is not None:
+        if momentum is not None and isinstance(current, ArrayRecord):
             for k, v in zip(current.keys(), momentum, strict=True):
                 out[f"momentum/{k}"] = np.asarray(v)
+            out.update({f"current/{k}": v for k, v in from_record(current).items()})
         return out
+
+    def scalars(self) -> dict:
+        """The rest of the state, as JSON: institution-level DP's releases and norm."""
+        if self.account is None:
+            return {}
+        return {"central_dp_rounds": self.account.rounds,
+                "clipping_norm": float(self.inner.clipping_norm)}
+
+    def restore(self, arrays: dict[str, np.ndarray], scalars: dict) -> None:
+        """Put back what ``state`` and ``scalars`` saved."""
+        inner = self.inner
+        groups: dict[str, dict[str, np.ndarray]] = {}
+        for name, v in arrays.items():
+            group, key = name.split("/", 1)
+            groups.setdefault(group, {})[key] = v
+        for attr in ("m_t", "v_t", "control"):
+            if attr in groups:
+                setattr(inner, attr, groups[attr])
+        if "momentum" in groups:
+            inner.current_arrays = to_record(groups["current"])
+            inner.momentum_vector = [groups["momentum"][k] for k in groups["current"]]
+        if self.account is not None and scalars:
+            self.account.rounds = int(scalars["central_dp_rounds"])
+            inner.clipping_norm = float(scalars["clipping_norm"])
 
 
 def _metrics(msg: Message):

@@ -1,6 +1,7 @@
 """The ``fedsilo`` command.
 
     fedsilo run [CONFIG] [--set key=value ...]     run a scenario (default: bank_hospital)
+    fedsilo resume RUN_DIR                         continue a killed or interrupted run
     fedsilo data [CONFIG] [--set key=value ...]    print the partition table, no training
     fedsilo config [CONFIG] [--set key=value ...]  print the resolved scenario as TOML
     fedsilo baseline [CONFIG] --mode local-only|centralized [--set ...]
@@ -41,6 +42,12 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a scenario on Flower's simulation runtime")
     _scenario_args(run)
     run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    res = sub.add_parser("resume", help="continue a killed, interrupted or failed run from "
+                         "its last checkpoint")
+    res.add_argument("run", type=Path, metavar="RUN_DIR")
+    res.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="KEY=VALUE", help="refused if it changes the scenario")
+    res.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     base = sub.add_parser("baseline", help="train local-only or centralized on the "
                           "scenario's data with the same budget")
     _scenario_args(base)
@@ -66,14 +73,33 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fedsilo.runner import RunFailed, simulate
+    from fedsilo.runner import simulate
 
     s = config.load(args.config, args.overrides)
+    return _finished(lambda: simulate(s, verbose=args.verbose))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from fedsilo.runner import resume
+
+    return _finished(lambda: resume(args.run, args.overrides, verbose=args.verbose))
+
+
+def _finished(start) -> int:
+    """Run ``start`` (a simulation) and report its outcome: the final line, or why not."""
+    from fedsilo.interrupt import Interrupted
+    from fedsilo.runner import RunFailed
+
     try:
-        outcome = simulate(s, verbose=args.verbose)
+        outcome = start()
     except RunFailed as exc:
         print(f"fedsilo: run failed: {exc}", file=sys.stderr)
         return 1
+    except Interrupted as exc:
+        where = getattr(exc, "run_dir", None)
+        hint = f"; continue it with: fedsilo resume {_rel(where)}" if where else ""
+        print(f"fedsilo: {exc}{hint}", file=sys.stderr)
+        return exc.exit_code
     sm = outcome.summary
     g = sm["final"]["global"]
     print(f"\nfinal ({sm['rounds']} rounds): accuracy {g['accuracy']:.3f}, macro-F1 "
@@ -173,9 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from fedsilo.deploy.cli import HANDLERS
 
-    handler = {"run": cmd_run, "data": cmd_data, "config": cmd_config, "keys": cmd_keys,
-               "baseline": cmd_baseline, "compare": cmd_compare, "sweep": cmd_sweep,
-               "privacy": cmd_privacy, **HANDLERS}
+    handler = {"run": cmd_run, "resume": cmd_resume, "data": cmd_data, "config": cmd_config,
+               "keys": cmd_keys, "baseline": cmd_baseline, "compare": cmd_compare,
+               "sweep": cmd_sweep, "privacy": cmd_privacy, **HANDLERS}
     try:
         return handler[args.command](args)
     except ConfigError as exc:
@@ -184,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fedsilo: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full disk, a read-only file system: one line, bad input
+        from fedsilo.results import os_error
+
+        print(f"fedsilo: {os_error(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -171,6 +171,8 @@ class SimulationSection:
 class OutputSection:
     dir: str = _opt("runs", "where run directories are created")
     run_dir: str = _opt("", "set by `fedsilo run`; empty lets the ServerApp create one")
+    resume: bool = _opt(False, "continue the run in output.run_dir from its last "
+                        "checkpoint (set by `fedsilo resume`)")
     plot: bool = _opt(True, "write PNG plots")
     audit: bool = _opt(False, "record every reply each institution sends (records, metric "
                        "values, array shapes) in <run dir>/audit/<institution>.jsonl (a "

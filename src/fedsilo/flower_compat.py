@@ -9,6 +9,7 @@ internals directly. Each group says what public API would replace it once Flower
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any
 
 # -- launching the apps by reference with a run config (fedsilo run) -----------------------
@@ -55,7 +56,7 @@ __all__ = [
     "pseudo_rand_gen", "run_simulation_by_reference", "select_multikrum", "set_task_identity",
     "control_client", "start_run", "run_status", "stream_logs", "stop_run", "register_node",
     "flower_error", "serve_clientapp_tasks", "fab_components", "run_supernode",
-    "faster_object_pulls", "parse_flower_command",
+    "faster_object_pulls", "parse_flower_command", "keep_sigterm_handler",
 ]
 
 
@@ -137,6 +138,9 @@ def lazy_internals() -> list[object]:
         assert {"initial_backoff", "backoff_cap"} <= set(fn.__kwdefaults__), fn
     assert "time.sleep(" in __import__("inspect").getsource(
         start_client_internal.start_client_internal), "the SuperNode no longer polls"
+    import ray._private.utils as ray_utils
+
+    assert callable(ray_utils.set_sigterm_handler)
     return [AcquireTaskRequest, TaskType.CLIENT_APP, HeartbeatSender,
             make_task_heartbeat_fn_http, RuntimeTokenHttpInterceptor,
             RuntimeVersionHttpInterceptor, RuntimeHttpClient, start_client_internal.time,
@@ -413,3 +417,22 @@ def parse_flower_command(argv: list[str]) -> dict[str, Any]:
 
         return dict(parse_config_args(args))
     raise ValueError(f"not a Flower command: {prog}")
+
+
+# -- Ray (the simulation runtime's engine) and signals ---------------------------------------
+# `ray.init` replaces the process's SIGTERM handler with one that exits at once (and its
+# C++ core installs a crash handler that aborts on SIGTERM), so a `fedsilo run` stopped by
+# `timeout`, systemd or Kubernetes would end in a crash dump instead of stopping its run
+# cleanly with exit 143. Within `keep_sigterm_handler()` Ray leaves the handler alone; the
+# crash handler is off through RAY_DISABLE_FAILURE_SIGNAL_HANDLER (runner.scratch_env).
+# Replace once Ray lets a driver keep its own handler.
+@contextmanager
+def keep_sigterm_handler():
+    import ray._private.utils as ray_utils
+
+    original = ray_utils.set_sigterm_handler
+    ray_utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        ray_utils.set_sigterm_handler = original

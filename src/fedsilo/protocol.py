@@ -22,6 +22,7 @@ SECAGG_RECORD = "secaggplus_configs"  # Flower's secure-aggregation record (RECO
 SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"  # FedProx
 CLIPPING_NORM = "clipping_norm"  # institution-level DP with clipping on the node
+RUN_KEY = "fedsilo-run"  # the run's name, the same when it is resumed (fedsilo's own)
 
 # -- the handshake -------------------------------------------------------------------------
 # only what the server needs: who the node is and how many examples it holds
@@ -43,3 +44,4 @@ EVAL_METRICS = frozenset({NUM_EXAMPLES, "loss", "accuracy", "macro-f1",
 # -- what an institution keeps between rounds, in its own node state -----------------------
 STATE_SCAFFOLD_VARIATE = "scaffold-ci"  # SCAFFOLD's client variate c_i
 STATE_DP = "dp"  # DP-SGD: the steps taken so far
+STATE_ROUND = "memory-round"  # the last round that updated the institution's memory

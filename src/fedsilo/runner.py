@@ -93,7 +93,9 @@ def scratch_env(cache_dir: Path) -> dict[str, str]:
            "MPLCONFIGDIR": str(cache_dir / "matplotlib"),
            "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
            "RAY_USAGE_STATS_ENABLED": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-           "RAY_DEDUP_LOGS": "0", "TOKENIZERS_PARALLELISM": "false"}
+           "RAY_DEDUP_LOGS": "0", "TOKENIZERS_PARALLELISM": "false",
+           # SIGTERM stops the run cleanly (exit 143) instead of Ray's crash handler
+           "RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1"}
     return env
 
 
@@ -186,20 +188,61 @@ def kill_leftovers(token: str, timeout: float = 10.0) -> list[str]:
 
 
 def simulate(s: Scenario, verbose: bool = False) -> RunOutcome:
-    """Run scenario ``s`` to the end; raise ConfigError, RunFailed or KeyboardInterrupt."""
+    """Run scenario ``s`` to the end; raise ConfigError, RunFailed or Interrupted."""
     t0 = time.time()
     fed, _ref, device = preflight(s)
-    t_preflight = time.time()
-    cache_dir = Path(s.simulation.cache_dir).resolve()
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    results.check_writable(s)
     run_dir = results.new_run_dir(s).resolve()
     s = shared_facts(s, fed).replace(**{"output.run_dir": str(run_dir)})
+    return _simulate_in(run_dir, s, fed, device, t0, verbose)
+
+
+def resume(run_dir: Path, overrides: list[str] | None = None,
+           verbose: bool = False) -> RunOutcome:
+    """Continue a run that was killed, interrupted or failed from its last checkpoint; it
+    ends as the uninterrupted run would have."""
+    t0 = time.time()
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or not (run_dir / "config.toml").is_file():
+        raise ConfigError(f"resume: '{run_dir}' is not a run directory (no config.toml)")
+    if not run_dir.name.endswith(results.RESUMABLE):
+        raise ConfigError(f"resume: '{run_dir}' finished already (only a directory ending "
+                          f"{', '.join(results.RESUMABLE)} can be resumed)")
+    results.check_lock(run_dir)
+    if not (run_dir / "checkpoint" / "state.json").is_file():
+        raise ConfigError(f"resume: '{run_dir}' has no checkpoint (it stopped before round "
+                          f"1 ended); start it again with `fedsilo run "
+                          f"{run_dir / 'config.toml'}`")
+    saved = config.load(run_dir / "config.toml")
+    wanted = config.load(run_dir / "config.toml", overrides)
+    changed = sorted(k for k, v in wanted.flat().items() if saved.flat()[k] != v)
+    if changed:
+        raise ConfigError(f"resume: the scenario would change ({', '.join(changed)}); a "
+                          f"resumed run continues the same scenario")
+    fed, _ref, device = preflight(saved)
+    results.check_writable(saved)
+    live = results.reopen_run_dir(run_dir.resolve())
+    s = shared_facts(saved, fed).replace(**{"output.run_dir": str(live),
+                                            "output.resume": True})
+    return _simulate_in(live, s, fed, device, t0, verbose)
+
+
+def _simulate_in(run_dir: Path, s: Scenario, fed, device, t0: float,
+                 verbose: bool) -> RunOutcome:
+    """Launch the run in ``run_dir`` (``.incomplete``), check its outcome, finalise it."""
+    from fedsilo import interrupt
+
+    t_preflight = time.time()
+    cache_dir = Path(s.simulation.cache_dir).resolve()
     os.environ.update(scratch_env(cache_dir))
+    kill_orphans()
     token = os.environ[RUN_TOKEN] = uuid.uuid4().hex  # inherited by every Ray process
+    os.environ[RUN_OWNER] = str(os.getpid())
     ray_tmp, ray_tmp_is_temporary = ray_temp_dir(cache_dir)
     handler = None
     try:
-        with results.RunDirectory(run_dir, describe=_describe_failure) as rd:
+        with results.RunDirectory(run_dir, describe=_describe_failure) as rd, \
+                interrupt.stop_on_signals():
             try:
                 handler = _flower_logging(run_dir / "flower.log", verbose)
                 _launch(s, fed, device, run_dir, cache_dir, ray_tmp, verbose)
@@ -216,16 +259,71 @@ def simulate(s: Scenario, verbose: bool = False) -> RunOutcome:
                 _stop_everything(token, handler, ray_tmp if ray_tmp_is_temporary else None)
     except BaseException as exc:  # noqa: BLE001 - reported in one line, then re-raised
         cause = _root_cause(exc)
-        if isinstance(cause, (KeyboardInterrupt, ConfigError)):
-            raise cause from None
+        if isinstance(cause, interrupt.Interrupted | KeyboardInterrupt):
+            raise _interrupted(cause, rd.final) from None
+        if isinstance(cause, ConfigError | OSError) and _is_input(cause):
+            raise cause if isinstance(cause, ConfigError) else \
+                results.os_error(cause) from None
         raise RunFailed(f"{cause} (details: {_shown(rd.final)}/flower.log)") from cause
+    _forget_node_memory(cache_dir, run_dir)
     return RunOutcome(rd.final, json.loads((rd.final / "summary.json").read_text()))
+
+
+def _interrupted(cause: BaseException, where: Path | None):
+    from fedsilo import interrupt
+
+    signum = cause.signum if isinstance(cause, interrupt.Interrupted) else 2
+    exc = interrupt.Interrupted(signum)
+    exc.run_dir = where
+    return exc
+
+
+def _is_input(exc: BaseException) -> bool:
+    """A ConfigError, or an operating-system error about the user's directories (full,
+    read-only, not writable): bad input, not a failed run."""
+    import errno
+
+    return isinstance(exc, ConfigError) or getattr(exc, "errno", None) in (
+        errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG,
+        errno.EDQUOT)
+
+
+def _forget_node_memory(cache_dir: Path, run_dir: Path) -> None:
+    """A finished run's institutions no longer need their kept memory (a simulation keeps
+    it under the machine's cache directory)."""
+    key = run_dir.name.removesuffix(results.INCOMPLETE)
+    shutil.rmtree(cache_dir / "state" / key, ignore_errors=True)
+
+
+RUN_OWNER = "FEDSILO_RUN_OWNER"
+
+
+def kill_orphans() -> list[str]:
+    """Processes left behind by runs whose owner died (kill -9 of `fedsilo run`): Ray's
+    raylet, GCS and workers carry the dead owner's pid. Live runs are left alone."""
+    import psutil
+
+    orphans = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ValueError):
+            env = p.environ()
+            owner = int(env.get(RUN_OWNER, "0"))
+            if RUN_TOKEN in env and owner and owner != os.getpid() and \
+                    not psutil.pid_exists(owner):
+                orphans.append(p)
+    names = []
+    for p in orphans:
+        with contextlib.suppress(psutil.Error):
+            names.append(p.name())
+            p.kill()
+    psutil.wait_procs(orphans, timeout=10)
+    return names
 
 
 def _launch(s: Scenario, fed, device, run_dir: Path, cache_dir: Path, ray_tmp: Path,
             verbose: bool) -> None:
     """The ServerApp and ClientApps by reference, on Flower's simulation runtime."""
-    from fedsilo.flower_compat import run_simulation_by_reference
+    from fedsilo.flower_compat import keep_sigterm_handler, run_simulation_by_reference
 
     app_dir = write_app_dir(cache_dir)
     gpus = s.simulation.gpus_per_client if device.type == "cuda" else 0.0
@@ -241,9 +339,11 @@ def _launch(s: Scenario, fed, device, run_dir: Path, cache_dir: Path, ray_tmp: P
           f"{s.scenario.rounds} rounds, backbone '{s.model.backbone}', scope "
           f"'{s.model.scope}', device {device.type}; run directory {run_dir.name}",
           flush=True)
-    run_simulation_by_reference(s.flat(), num_supernodes=len(fed.institutions),
-                                backend_config=backend_config, server_app=SERVER_APP,
-                                client_app=CLIENT_APP, app_dir=str(app_dir), verbose=verbose)
+    with keep_sigterm_handler():
+        run_simulation_by_reference(s.flat(), num_supernodes=len(fed.institutions),
+                                    backend_config=backend_config, server_app=SERVER_APP,
+                                    client_app=CLIENT_APP, app_dir=str(app_dir),
+                                    verbose=verbose)
 
 
 def _stop_everything(token: str, handler, ray_tmp: Path | None) -> None:
@@ -255,6 +355,7 @@ def _stop_everything(token: str, handler, ray_tmp: Path | None) -> None:
             ray.shutdown()
     kill_leftovers(token)
     os.environ.pop(RUN_TOKEN, None)
+    os.environ.pop(RUN_OWNER, None)
     if handler is not None:
         logging.getLogger("flwr").removeHandler(handler)
         handler.close()
@@ -263,9 +364,12 @@ def _stop_everything(token: str, handler, ray_tmp: Path | None) -> None:
 
 
 def _describe_failure(exc: BaseException) -> str:
+    from fedsilo import interrupt
+
     cause = _root_cause(exc)
-    return "interrupted" if isinstance(cause, KeyboardInterrupt) else \
-        f"{type(cause).__name__}: {cause}"
+    if isinstance(cause, interrupt.Interrupted | KeyboardInterrupt):
+        return str(cause) or "interrupted"
+    return f"{type(cause).__name__}: {cause}"
 
 
 def _shown(p: Path) -> str:

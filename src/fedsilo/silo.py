@@ -48,6 +48,7 @@ class SiloRuntime:
     ref: bb.BackboneRef
     device: torch.device
     cache: FeatureCache
+    scratch: Path  # the node's own scratch directory (feature cache, kept memory)
     models: dict = field(default_factory=dict)
 
     def model(self, m: ModelSection, num_labels: int, seed: int = 0) -> ScopedModel:
@@ -66,7 +67,7 @@ class SiloRuntime:
 def _runtime(backbone: str, cache_dir: str, device: str, cache_mb: int) -> SiloRuntime:
     ref = bb.resolve(backbone, cache_dir)
     cache = FeatureCache(max_bytes=cache_mb * 2**20, disk_dir=Path(cache_dir) / "features")
-    return SiloRuntime(ref, resolve_device(device), cache)
+    return SiloRuntime(ref, resolve_device(device), cache, Path(cache_dir))
 
 
 def runtime_for(s: Scenario, cache_dir: str | None = None) -> SiloRuntime:

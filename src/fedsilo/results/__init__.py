@@ -25,11 +25,14 @@ import numpy as np
 
 from fedsilo.config import Scenario
 
-INCOMPLETE, FAILED = ".incomplete", ".failed"
+INCOMPLETE, FAILED, INTERRUPTED = ".incomplete", ".failed", ".interrupted"
+RESUMABLE = (INCOMPLETE, INTERRUPTED, FAILED)
+LOCK = "lock"  # a live run's owner: {"pid", "host", "started"}
 
 
 def new_run_dir(s: Scenario) -> Path:
-    """A fresh ``<output.dir>/<scenario>-<timestamp>.incomplete`` directory."""
+    """A fresh ``<output.dir>/<scenario>-<timestamp>.incomplete`` directory, made with
+    ``mkdir`` so that two runs started at once never share one."""
     from fedsilo.config import ConfigError
 
     root = Path(s.output.dir)
@@ -37,24 +40,85 @@ def new_run_dir(s: Scenario) -> Path:
         raise ConfigError(f"output.dir: '{root}' exists and is not a directory")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = f"{s.scenario.name}-{stamp}"
+    root.mkdir(parents=True, exist_ok=True)
     for i in range(1000):
         name = base if i == 0 else f"{base}-{i}"
-        if not any((root / (name + suf)).exists() for suf in ("", INCOMPLETE, FAILED)):
-            path = root / (name + INCOMPLETE)
-            path.mkdir(parents=True)
-            return path
+        if any((root / (name + suf)).exists() for suf in ("", *RESUMABLE)):
+            continue
+        path = root / (name + INCOMPLETE)
+        try:
+            path.mkdir()
+        except FileExistsError:  # another run took the name a moment ago
+            continue
+        return path
     raise RuntimeError(f"cannot find a free run directory name under '{root}'")
 
 
-def final_name(run_dir: Path, failed: bool) -> Path:
+def final_name(run_dir: Path, failed: bool, interrupted: bool = False) -> Path:
     stem = run_dir.name.removesuffix(INCOMPLETE)
-    return run_dir.with_name(stem + (FAILED if failed else ""))
+    suffix = INTERRUPTED if interrupted else FAILED if failed else ""
+    return run_dir.with_name(stem + suffix)
+
+
+def reopen_run_dir(run_dir: Path) -> Path:
+    """A resumable run directory renamed back to ``<name>.incomplete``."""
+    stem = run_dir.name
+    for suffix in RESUMABLE:
+        stem = stem.removesuffix(suffix)
+    live = run_dir.with_name(stem + INCOMPLETE)
+    if live != run_dir:
+        run_dir.rename(live)
+    (live / "error.txt").unlink(missing_ok=True)
+    return live
+
+
+def check_lock(run_dir: Path) -> None:
+    """A ConfigError if a live process owns ``run_dir``; a stale lock (its owner was
+    killed) is removed."""
+    import socket
+
+    import psutil
+
+    from fedsilo.config import ConfigError
+
+    path = run_dir / LOCK
+    if not path.is_file():
+        return
+    try:
+        owner = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError):
+        owner = {}
+    pid, host = int(owner.get("pid", 0) or 0), owner.get("host")
+    if host == socket.gethostname() and pid and psutil.pid_exists(pid):
+        try:
+            alive = abs(psutil.Process(pid).create_time() - owner.get("started", 0)) < 2
+        except psutil.Error:
+            alive = False
+        if alive:
+            raise ConfigError(f"'{run_dir}' belongs to a run that is still going (process "
+                              f"{pid}); stop it first")
+    if host not in (None, socket.gethostname()):
+        raise ConfigError(f"'{run_dir}' is locked by a run on host '{host}' (remove "
+                          f"{path} if that run is gone)")
+    path.unlink(missing_ok=True)
+
+
+def _lock(run_dir: Path) -> None:
+    import socket
+
+    import psutil
+
+    me = psutil.Process()
+    (run_dir / LOCK).write_text(json.dumps({"pid": me.pid, "host": socket.gethostname(),
+                                            "started": me.create_time()}))
 
 
 class RunDirectory:
-    """A run directory that is renamed when the work in it ends: to its final name when
-    the ``with`` block succeeds, to ``<name>.failed`` (with ``error.txt``) when it raises.
-    ``final`` is the new path either way; ``describe`` words the failure for error.txt."""
+    """A run directory that holds a lock while the work in it goes on and is renamed when
+    it ends: to its final name when the ``with`` block succeeds, to ``<name>.interrupted``
+    when it was stopped (Ctrl-C, SIGTERM: resumable), to ``<name>.failed`` (with
+    ``error.txt``) when it raised. ``final`` is the new path either way; ``describe`` words
+    the failure for error.txt."""
 
     def __init__(self, path: Path, describe=None):
         self.path = path
@@ -62,50 +126,133 @@ class RunDirectory:
         self.describe = describe or (lambda exc: f"{type(exc).__name__}: {exc}")
 
     def __enter__(self) -> RunDirectory:
+        _lock(self.path)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        self.final = final_name(self.path, failed=exc is not None)
+        from fedsilo.interrupt import Interrupted
+
+        stopped = exc is not None and _caused_by(exc, (Interrupted, KeyboardInterrupt))
+        self.final = final_name(self.path, failed=exc is not None, interrupted=stopped)
         if exc is not None:
             (self.path / "error.txt").write_text(self.describe(exc) + "\n")
+        (self.path / LOCK).unlink(missing_ok=True)
         self.path.rename(self.final)
         return False
 
 
+def _caused_by(exc: BaseException, kinds: tuple) -> bool:
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, kinds):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def check_writable(s: Scenario) -> None:
+    """A ConfigError naming ``output.dir`` or ``simulation.cache_dir`` when a run could not
+    write there (not a directory, no permission, a read-only or full file system)."""
+    from fedsilo.config import ConfigError
+
+    for key, where in (("output.dir", s.output.dir),
+                       ("simulation.cache_dir", s.simulation.cache_dir)):
+        path = Path(where)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-", delete=True)
+            with probe:
+                probe.write(b"x" * 4096)
+                probe.flush()
+                os.fsync(probe.fileno())
+        except OSError as exc:
+            raise ConfigError(f"{key}: cannot write to '{where}': "
+                              f"{exc.strerror or exc}") from None
+
+
+def os_error(exc: OSError):
+    """An operating-system error while a run writes its files, as one ConfigError line."""
+    from fedsilo.config import ConfigError
+
+    where = f" '{exc.filename}'" if exc.filename else ""
+    return ConfigError(f"cannot write{where}: {exc.strerror or exc}")
+
+
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (a reader never sees half a file)."""
+    """Write JSON atomically and durably: a reader, or a run resumed after a power loss,
+    never sees half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=False)
-        fh.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _sync_dir(path.parent)
 
 
 def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write an npz atomically and durably (temporary file, fsync, rename)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    with os.fdopen(fd, "wb") as fh:
-        np.savez(fh, **arrays)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _sync_dir(path.parent)
 
 
-def write_checkpoint(run_dir: Path, server_round: int, arrays: dict[str, np.ndarray],
-                     strategy_arrays: dict[str, np.ndarray], state: dict) -> None:
-    """Write the checkpoint after ``server_round``; a crash at any point leaves a complete
-    earlier or later checkpoint, never a mix.
+def _sync_dir(path: Path) -> None:
+    """Make a rename in ``path`` survive a power loss."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
-    ``checkpoint/round-NNNN.npz`` holds the shared arrays (``shared/<name>``) and the
-    strategy's state (``strategy/<name>``); ``checkpoint/state.json`` (round, seeds, which
-    file) is replaced last and is the pointer a reader follows.
-    """
+
+def stage_checkpoint(run_dir: Path, server_round: int, arrays: dict[str, np.ndarray],
+                     strategy_arrays: dict[str, np.ndarray]) -> str:
+    """Write the arrays of the checkpoint after ``server_round``
+    (``checkpoint/round-NNNN.npz``: the shared arrays under ``shared/``, the strategy's
+    state under ``strategy/``); it counts only once ``commit_checkpoint`` points to it."""
     ckpt = run_dir / "checkpoint"
     ckpt.mkdir(exist_ok=True)
     name = f"round-{server_round:04d}.npz"
     save_arrays(ckpt / name, {**{f"shared/{k}": v for k, v in arrays.items()},
                               **{f"strategy/{k}": v for k, v in strategy_arrays.items()}})
+    return name
+
+
+def commit_checkpoint(run_dir: Path, server_round: int, name: str, state: dict) -> None:
+    """Make the staged checkpoint the run's: ``checkpoint/state.json`` (round, seeds,
+    random states, which file) is replaced last, so a kill at any point leaves a complete
+    earlier or later checkpoint, never a mix. Older array files are removed."""
+    ckpt = run_dir / "checkpoint"
     write_json(ckpt / "state.json", {**state, "round": server_round, "file": name})
     for old in ckpt.glob("round-*.npz"):
         if old.name != name:
             old.unlink(missing_ok=True)
+
+
+def write_checkpoint(run_dir: Path, server_round: int, arrays: dict[str, np.ndarray],
+                     strategy_arrays: dict[str, np.ndarray], state: dict) -> None:
+    """Stage and commit the checkpoint after ``server_round`` in one go."""
+    name = stage_checkpoint(run_dir, server_round, arrays, strategy_arrays)
+    commit_checkpoint(run_dir, server_round, name, state)
 
 
 def read_checkpoint(run_dir: Path) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -123,15 +270,33 @@ class RunLog:
     baselines and deployed runs: ``metrics.jsonl`` (one row per round, appended as each
     round ends) and ``summary.json`` (written atomically at the end)."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, fresh: bool = True):
         self.run_dir = run_dir
         self.rows: list[dict] = []
-        (run_dir / "metrics.jsonl").write_text("")
+        if fresh:
+            (run_dir / "metrics.jsonl").write_text("")
 
     def append(self, row: dict) -> None:
         self.rows.append(row)
         with (self.run_dir / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def keep_until(self, server_round: int) -> list[dict]:
+        """A resumed run: the rows up to ``server_round`` (the checkpoint's), rewritten;
+        rows of rounds after it were never committed."""
+        path = self.run_dir / "metrics.jsonl"
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] \
+            if path.is_file() else []
+        self.rows[:] = [r for r in rows if r["round"] <= server_round]
+        fd, tmp = tempfile.mkstemp(dir=self.run_dir, suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in self.rows)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return self.rows
 
     def finish(self, summary: dict, plot: bool) -> dict:
         """Write ``summary`` (see ``summarise``) and, with ``plot``, accuracy.png."""

@@ -13,7 +13,7 @@ from fedsilo.results import format_table
 
 
 def load_summary(run_dir: Path) -> dict:
-    if Path(run_dir).name.endswith((".failed", ".incomplete")):
+    if Path(run_dir).name.endswith((".failed", ".incomplete", ".interrupted")):
         raise ConfigError(f"compare: '{run_dir}' is not a finished run (it ended "
                           f"'{Path(run_dir).suffix}')")
     path = Path(run_dir) / "summary.json"

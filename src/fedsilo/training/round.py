@@ -30,6 +30,7 @@ from fedsilo.protocol import NORM_BIT, NUM_EXAMPLES
 from fedsilo.silo import Silo
 from fedsilo.training import TrainStats, evaluate, local_train, round_seed
 from fedsilo.training import scaffold as sc
+from fedsilo.training.memory import Memory
 
 
 @dataclass
@@ -41,14 +42,6 @@ class Instruction:
     proximal_mu: float = 0.0  # FedProx
     control: Arrays | None = None  # SCAFFOLD's server control variate c
     clip_norm: float | None = None  # institution-level DP: the L2 bound on the update
-
-
-@dataclass
-class Memory:
-    """What an institution keeps between rounds, on its own side; never sent."""
-
-    scaffold_variate: Arrays | None = None  # SCAFFOLD's c_i
-    dp_steps: int | None = None  # DP-SGD steps taken in every round so far
 
 
 @dataclass
@@ -223,6 +216,7 @@ def run_training(silo: Silo, ins: Instruction, memory: Memory) -> Reply:
                     round_seed(silo.scenario.scenario.seed, ins.server_round, silo.name))
     for step in plan_training(silo, ins):
         step(st)
+    memory.round = ins.server_round
     st.reply.metrics["train-time-s"] = time.perf_counter() - t0
     return st.reply
 

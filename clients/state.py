@@ -1,0 +1,51 @@
+"""An institution's memory in its Flower node state, with its copy on the node's disk
+(fedsilo.training.memory) for a resumed run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ConfigRecord, RecordDict
+
+from fedsilo import protocol
+from fedsilo.arrays import from_record, to_record
+from fedsilo.silo import Silo
+from fedsilo.training import memory
+from fedsilo.training.memory import Memory
+
+
+def recall(state: RecordDict, kept: Path, server_round: int, silo: Silo) -> Memory:
+    """The institution's memory as the previous round left it: from its node state, or,
+    in a resumed run (a fresh node state), from its own disk."""
+    mem = Memory()
+    if protocol.STATE_ROUND in state:
+        mem.round = int(state[protocol.STATE_ROUND]["round"])
+    if protocol.STATE_SCAFFOLD_VARIATE in state:
+        mem.scaffold_variate = from_record(state[protocol.STATE_SCAFFOLD_VARIATE], np.float32)
+    if protocol.STATE_DP in state:
+        mem.dp_steps = int(state[protocol.STATE_DP]["steps"])
+    if mem.round == server_round - 1 or server_round == 1 or not _keeps_memory(silo):
+        return mem
+    saved = memory.restore(kept, server_round - 1)
+    if saved is None:
+        raise RuntimeError(f"no memory of round {server_round - 1} to continue from "
+                           f"(looked in {kept})")
+    return saved
+
+
+def remember(state: RecordDict, kept: Path, mem: Memory) -> None:
+    """Keep the institution's memory in its node state for the next round, and a copy on
+    its own disk for a resumed run."""
+    state[protocol.STATE_ROUND] = ConfigRecord({"round": mem.round})
+    if mem.scaffold_variate is not None:
+        state[protocol.STATE_SCAFFOLD_VARIATE] = to_record(mem.scaffold_variate, np.float32)
+    if mem.dp_steps is not None:
+        state[protocol.STATE_DP] = ConfigRecord({"steps": mem.dp_steps})
+    if not mem.empty():
+        memory.store(kept, mem)
+
+
+def _keeps_memory(silo: Silo) -> bool:
+    s = silo.scenario
+    return s.privacy.dp or s.strategy.name == "scaffold"
