@@ -19,7 +19,7 @@ from clients.secagg import secure_aggregation
 from clients.state import recall, remember
 from fedsilo import config, protocol
 from fedsilo.arrays import from_record, to_record
-from fedsilo.silo import Silo, silo_for
+from fedsilo.silo import Silo, ray_node, silo_for
 from fedsilo.training import memory
 from fedsilo.training.round import Instruction, run_evaluation, run_training
 
@@ -33,12 +33,20 @@ class InstitutionFailure(RuntimeError):
 
 @contextmanager
 def failing_as(name: str, kind: str, stage: str):
-    """Any error in ``stage`` names the institution, so the server can say who failed."""
+    """Any error in ``stage`` names the institution (and the Ray node it ran on), so the
+    server can say who failed where."""
     try:
         yield
     except Exception as exc:
-        raise InstitutionFailure(f"institution '{name}' ({kind}) failed in {stage}: "
+        node = ray_node()
+        where = f" on Ray node {node[1]}" if node else ""
+        raise InstitutionFailure(f"institution '{name}' ({kind}) failed in {stage}{where}: "
                                  f"{type(exc).__name__}: {exc}") from exc
+
+
+def _with_node(metrics: dict) -> dict:
+    node = ray_node()
+    return metrics if node is None else {**metrics, protocol.RAY_NODE: node[0]}
 
 
 def _silo(context: Context) -> Silo:
@@ -78,7 +86,7 @@ def train(msg: Message, context: Context) -> Message:
     records = RecordDict({protocol.ARRAYS: to_record(reply.arrays, np.float32)})
     if reply.scaffold_delta_c is not None:
         records[protocol.SCAFFOLD_DELTA_C] = to_record(reply.scaffold_delta_c, np.float32)
-    records[protocol.METRICS] = MetricRecord(reply.metrics)
+    records[protocol.METRICS] = MetricRecord(_with_node(reply.metrics))
     return Message(records, reply_to=msg)
 
 
@@ -88,4 +96,5 @@ def evaluate(msg: Message, context: Context) -> Message:
     server_round = int(msg.content[protocol.CONFIG][protocol.SERVER_ROUND])
     with failing_as(silo.name, silo.institution.kind, f"evaluation (round {server_round})"):
         metrics = run_evaluation(silo, from_record(msg.content[protocol.ARRAYS]))
-    return Message(RecordDict({protocol.METRICS: MetricRecord(metrics)}), reply_to=msg)
+    return Message(RecordDict({protocol.METRICS: MetricRecord(_with_node(metrics))}),
+                   reply_to=msg)

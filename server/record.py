@@ -15,6 +15,7 @@ from fedsilo import results
 from fedsilo.arrays import from_record
 from fedsilo.config import Scenario
 from fedsilo.deploy import stream
+from fedsilo.protocol import RAY_NODE
 from strategies import RoundLedger, Tracked, aggregate_evaluate_metrics
 
 
@@ -31,6 +32,11 @@ def privacy_of(train_metrics: dict) -> dict:
             "delta": t["dp-delta"], "noise_multiplier": t["dp-noise-multiplier"],
             "max_grad_norm": t["dp-max-grad-norm"], "sampling_rate": t["dp-sampling-rate"],
             "steps": int(t["dp-steps"]), "stopped_by_budget": bool(t["dp-stopped"])}
+
+
+def _node(value) -> str | None:
+    """The Ray node that ran an institution (the first 12 hex digits of its id)."""
+    return None if value is None else format(int(value), "012x")
 
 
 def _jsonable(value):
@@ -121,6 +127,7 @@ class RunRecorder:
                 "loss": e.get("loss"), "test_examples": e.get("num-examples"),
                 "train_loss": t.get("train-loss"), "train_examples": t.get("num-examples"),
                 "train_time_s": t.get("train-time-s"),
+                "ray_node": _node(t.get(RAY_NODE, e.get(RAY_NODE))),
                 "malicious": self.s.faults.behaviour if name in attackers else None,
             }
             if "dp-epsilon" in t:
@@ -141,6 +148,8 @@ class RunRecorder:
             extra["central_dp"] = self.ledger.central_dp[server_round]
         if server_round in self.ledger.selected:
             extra["selected"] = self.ledger.selected[server_round]
+        if server_round in self.ledger.dropped:
+            extra["dropped"] = self.ledger.dropped[server_round]
         timing = dict(self.ledger.timing.get(server_round, {}))
         timing["client_train_s"] = sum(t.get("train-time-s", 0.0) for t in train.values())
         timing["client_eval_s"] = sum(e.get("eval-time-s", 0.0) for e in evals.values())
@@ -184,9 +193,9 @@ class RunRecorder:
         notes = ""
         if "central_dp" in row:
             notes += f"  eps {row['central_dp'].get('epsilon', 0.0):.2f}"
-        dropped = (row.get("secagg") or {}).get("dropped")
+        dropped = {**(row.get("secagg") or {}).get("dropped", {}), **row.get("dropped", {})}
         if dropped:
-            notes += f"  dropped: {', '.join(dropped)}"
+            notes += f"  dropped: {', '.join(sorted(dropped))}"
         _say(f"round {r:>3}/{total}  acc {g['accuracy']:.3f}  macro-F1 {g['macro_f1']:.3f}  "
              f"worst inst acc {worst:.3f}  test loss {g['loss']:.3f}  train loss {tl}  "
              f"{row['wall_time_s']:.1f}s  {eta}{notes}")

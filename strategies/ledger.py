@@ -17,13 +17,27 @@ from fedsilo.arrays import nbytes
 _OWN_FAILURE = re.compile(r"institution '[^'\n]+' \([^)\n]*\) failed in [^\n]*")
 
 
-def short_reason(reason: str) -> str:
-    """The line of a client error that says what went wrong, without Ray's traceback."""
+def short_reason(reason: str, limit: int = 240) -> str:
+    """The line of a client error that says what went wrong, without Ray's traceback (and
+    without the paragraph of advice Ray appends to a dead worker's message)."""
     ours = _OWN_FAILURE.findall(reason)
     if ours:  # clients/app.py's own wording names the institution and the stage
         return ours[-1].rstrip("'>").strip()
     lines = [ln.strip() for ln in reason.replace("\\n", "\n").splitlines() if ln.strip()]
-    return (lines[-1] if lines else reason).rstrip("'>").strip()
+    line = (lines[-1] if lines else reason).strip()
+    flower = _FLOWER_REASON.match(line)  # "<class 'pkg.Error'>:<'message'>"
+    line = f"{flower[1].rsplit('.', 1)[-1]}: {flower[2]}" if flower else line.rstrip("'>")
+    if len(line) > limit and ". " in line[40:]:
+        line = line[:line.index(". ", 40) + 1]
+    return line
+
+
+def _after_stage(problem: str) -> str:
+    """A problem without the "institution 'x' failed in <stage> (round r): " prefix."""
+    return problem.split("): ", 1)[1] if "): " in problem else problem
+
+
+_FLOWER_REASON = re.compile(r"<class '([\w.]+)'>:<'(.*?)'?>?$")
 
 
 class ClientFailure(RuntimeError):
@@ -43,6 +57,7 @@ class RoundLedger:
         self.secagg: dict[int, dict] = {}  # round -> the protocol's cost and survivors
         self.central_dp: dict[int, dict] = {}  # round -> clipping norm and noise used
         self.selected: dict[int, list[str]] = {}  # round -> whose updates Krum kept
+        self.dropped: dict[int, dict[str, str]] = {}  # round -> skipped institution -> why
         # seconds per round: phase wall time (send -> all replies in) and aggregation
         self.timing: dict[int, dict[str, float]] = {}
         self.phase_start: dict[tuple[int, str], float] = {}
@@ -64,28 +79,39 @@ class RoundLedger:
         self.bytes_down[server_round] = self.bytes_down.get(server_round, 0) + down
 
     def check(self, server_round: int, stage: str, replies: list[Message],
-              tolerate: bool = False) -> list[Message]:
-        """Raise ClientFailure if any sampled institution errored or did not reply; with
-        ``tolerate`` (secure aggregation's training stage) pass the replies on: the protocol
-        records who dropped and decides whether the round can finish."""
-        problems = []
+              tolerate: bool = False, skip_below: int | None = None) -> list[Message]:
+        """The replies to aggregate. An institution that errored or did not reply stops
+        the run (ClientFailure naming it and why), unless
+        - ``tolerate`` (secure aggregation's training stage): every reply is passed on, and
+          the protocol records who dropped and decides whether the round can finish;
+        - ``skip_below`` (``strategy.on_failure = 'skip'``): the institution is left out of
+          this round (recorded in ``dropped``) while at least ``skip_below`` replied."""
+        problems: dict[str, str] = {}
         replied = set()
         for msg in replies:
-            replied.add(msg.metadata.src_node_id)
+            node = msg.metadata.src_node_id
+            replied.add(node)
             if msg.has_error():
                 reason = short_reason(msg.error.reason)
-                if _OWN_FAILURE.match(reason):
-                    problems.append(reason)
-                else:
-                    problems.append(f"institution '{self.name_of(msg.metadata.src_node_id)}'"
-                                    f" failed in {stage} (round {server_round}): {reason}")
+                problems[self.name_of(node)] = reason if _OWN_FAILURE.match(reason) else (
+                    f"institution '{self.name_of(node)}' failed in {stage} (round "
+                    f"{server_round}): {reason}")
         for node in self.sent.get((server_round, stage), []):
             if node not in replied:
-                problems.append(f"institution '{self.name_of(node)}' sent no {stage} reply "
-                                f"in round {server_round} (timed out)")
-        if problems and not tolerate:
-            raise ClientFailure("; ".join(problems))
-        return replies
+                problems[self.name_of(node)] = (f"institution '{self.name_of(node)}' sent no "
+                                                f"{stage} reply in round {server_round} "
+                                                f"(timed out)")
+        if not problems or tolerate:
+            return replies
+        ok = [m for m in replies if not m.has_error()]
+        if skip_below is None or len(ok) < skip_below:
+            also = "" if skip_below is None else (
+                f" (only {len(ok)} replied, fewer than strategy.min_replies = {skip_below})")
+            raise ClientFailure("; ".join(problems.values()) + also)
+        dropped = self.dropped.setdefault(server_round, {})
+        dropped.update({name: f"{stage}: {_after_stage(why)}"
+                        for name, why in sorted(problems.items())})
+        return ok
 
     def record(self, server_round: int, stage: str, replies: list[Message]) -> None:
         book = self.train if stage == "training" else self.evaluate

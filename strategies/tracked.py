@@ -28,14 +28,18 @@ class Tracked(Strategy):
     """``inner`` with bookkeeping in ``ledger``.
 
     ``tolerates_dropouts``: secure aggregation decides itself who may drop out of training.
+    ``skip_below``: ``strategy.on_failure = 'skip'``: a failed institution is left out of
+    the round while at least this many replied (None: any failure stops the run).
     ``account``: the institution-level DP account, for the privacy report.
     """
 
     def __init__(self, inner: Strategy, ledger: RoundLedger, *,
-                 tolerates_dropouts: bool = False, account: CentralAccount | None = None):
+                 tolerates_dropouts: bool = False, skip_below: int | None = None,
+                 account: CentralAccount | None = None):
         self.inner = inner
         self.ledger = ledger
         self.tolerates_dropouts = tolerates_dropouts
+        self.skip_below = skip_below
         self.account = account
         self._sent_dtypes: dict[str, np.dtype] = {}
 
@@ -92,7 +96,8 @@ class Tracked(Strategy):
         self.ledger.timing.setdefault(server_round, {})[f"{stage}_phase_s"] = \
             self._t_aggregate - start
         replies = self.ledger.check(server_round, stage, self.ledger.in_order(list(replies)),
-                                    tolerate=stage == "training" and self.tolerates_dropouts)
+                                    tolerate=stage == "training" and self.tolerates_dropouts,
+                                    skip_below=self.skip_below)
         self.ledger.record(server_round, stage, replies)
         return replies
 

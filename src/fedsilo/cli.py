@@ -61,6 +61,8 @@ def parser() -> argparse.ArgumentParser:
     _scenario_args(sweep)
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                        help="one axis of the grid, e.g. --grid data.alpha=0.1,1,100")
+    sweep.add_argument("--resume", type=Path, metavar="SWEEP_DIR",
+                       help="continue an interrupted sweep: finished runs are kept")
     sweep.add_argument("--verbose", action="store_true")
     _scenario_args(sub.add_parser("data", help="print examples per label per institution"))
     _scenario_args(sub.add_parser("config", help="print the resolved scenario"))
@@ -136,9 +138,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from fedsilo.sweep import load_rows, run_sweep
+    from fedsilo.interrupt import Interrupted
+    from fedsilo.sweep import load_rows, resume_sweep, run_sweep
 
-    sweep_dir = run_sweep(args.config, args.grid, args.overrides, verbose=args.verbose)
+    if args.resume and (args.config or args.grid or args.overrides):
+        raise ConfigError("sweep --resume: give only the sweep directory (a resumed sweep "
+                          "keeps its plan)")
+    try:
+        sweep_dir = resume_sweep(args.resume, verbose=args.verbose) if args.resume else \
+            run_sweep(args.config, args.grid, args.overrides, verbose=args.verbose)
+    except Interrupted as exc:
+        where = getattr(exc, "run_dir", None)
+        hint = f"; continue it with: fedsilo sweep --resume {_rel(where)}" if where else ""
+        print(f"fedsilo: {exc}{hint}", file=sys.stderr)
+        return exc.exit_code
     print(f"sweep: {_rel(sweep_dir)}/ (sweep.md, sweep.json, sweep.png, one run each)")
     failed = [r for r in load_rows(sweep_dir) if r.get("error")]
     if failed:
@@ -162,8 +175,10 @@ def cmd_privacy(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from fedsilo.data import build_federation
     from fedsilo.results import format_table
+    from fedsilo.runner import check_size
 
     s = config.load(args.config, args.overrides)
+    check_size(s)
     fed = build_federation(s)
     rows = fed.table()
     header = list(rows[0].keys())

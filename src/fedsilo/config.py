@@ -153,6 +153,11 @@ class StrategySection:
     min_train_clients: int = _opt(2, "fewest institutions sampled for training per round",
                                   low=1)
     round_timeout_s: float = _opt(900.0, "seconds to wait for replies in a round", low=1)
+    on_failure: str = _opt("stop", "when an institution fails or does not reply in a round: "
+                           "'stop' the run naming it, or 'skip' it for that round",
+                           choices=("stop", "skip"))
+    min_replies: int = _opt(2, "with on_failure = 'skip': fewest replies a round needs to go "
+                            "on (below it the run stops naming who failed)", low=1)
 
 
 @dataclass(frozen=True)
@@ -162,7 +167,10 @@ class SimulationSection:
                                   low_open=True)
     gpus_per_client: float = _opt(0.25, "GPU share of each Ray actor when on CUDA", low=0,
                                   high=1, low_open=True)
-    num_cpus: int = _opt(0, "CPUs Ray may use (0 = all)", low=0)
+    num_cpus: int = _opt(0, "CPUs Ray may use (0 = all; a private instance only)", low=0)
+    ray_address: str = _opt("", "'' starts a private Ray instance for the run (whatever "
+                            "RAY_ADDRESS says); 'auto' or HOST:PORT runs on that existing "
+                            "Ray cluster (docs/ray-cluster.md)")
     cache_dir: str = _opt(".fedsilo-cache", "scratch for Ray, Flower, Hugging Face, built "
                           "models and feature caches")
 
@@ -400,6 +408,10 @@ AVERAGING = ("fedavg", "fedprox")  # strategies whose aggregate is a plain mean
 
 def _check_privacy(s: Scenario) -> None:
     central, sa = s.privacy.central, s.privacy.secagg
+    if central.mode != "off" and s.strategy.on_failure == "skip":
+        raise ConfigError("config: 'strategy.on_failure' = 'skip' cannot be used with "
+                          "'privacy.central.mode': the noise is calibrated to every sampled "
+                          "institution replying")
     if central.mode != "off" and s.strategy.name not in AVERAGING:
         raise ConfigError(f"config: 'privacy.central.mode' = '{central.mode}' needs "
                           f"'strategy.name' = 'fedavg' or 'fedprox' (its noise is "

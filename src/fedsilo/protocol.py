@@ -30,8 +30,9 @@ INFO_KEYS = frozenset({"institution", "kind", "num-train", "num-test"})
 
 # -- metrics -------------------------------------------------------------------------------
 NUM_EXAMPLES = "num-examples"  # the weight of a reply (training or test examples)
+RAY_NODE = "ray-node"  # in a Ray simulation: which Ray node ran the institution
 TRAIN_METRICS = frozenset({NUM_EXAMPLES, "train-loss",
-                           "train-loss-first-epoch", "steps", "train-time-s"})
+                           "train-loss-first-epoch", "steps", "train-time-s", RAY_NODE})
 # with privacy.dp: what the institution spent (its own accounting, reported to the server)
 DP_METRICS = frozenset({"dp-epsilon", "dp-delta", "dp-noise-multiplier", "dp-max-grad-norm",
                         "dp-sampling-rate", "dp-steps", "dp-stopped"})
@@ -39,7 +40,7 @@ NORM_BIT = "norm_bit"  # client-adaptive clipping: whether this update was clipp
 CENTRAL_DP_METRICS = frozenset({NORM_BIT})
 TRAIN_DECLARED = TRAIN_METRICS | DP_METRICS | CENTRAL_DP_METRICS
 EVAL_METRICS = frozenset({NUM_EXAMPLES, "loss", "accuracy", "macro-f1",
-                          "confusion", "eval-time-s"})
+                          "confusion", "eval-time-s", RAY_NODE})
 
 # -- what an institution keeps between rounds, in its own node state -----------------------
 STATE_SCAFFOLD_VARIATE = "scaffold-ci"  # SCAFFOLD's client variate c_i

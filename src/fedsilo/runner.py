@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -46,6 +47,7 @@ def preflight(s: Scenario):
     from fedsilo.silo import resolve_device
 
     check_scenario(s)
+    check_size(s)
     cache = Path(s.simulation.cache_dir).resolve()
     fed = build_federation(s)
     ref = bb.resolve(s.model.backbone, str(cache))
@@ -75,11 +77,43 @@ def preflight(s: Scenario):
     return fed, ref, device
 
 
+# one example's text and label (~300 B, held by the driver and by every Ray actor) and its
+# cached features (1.5 KB with MiniLM's 384 dimensions), measured on the synthetic corpus
+BYTES_PER_EXAMPLE = 3_000
+EXAMPLES_PER_SECOND = 150_000  # synthetic examples generated per second on one core
+
+
+def check_size(s: Scenario) -> None:
+    """Refuse, before minutes of silent work, a synthetic federation that cannot fit in
+    this machine's memory; announce one that takes a while to build."""
+    import psutil
+
+    if s.data.source != "synthetic":
+        return
+    institutions = s.federation.banks + s.federation.hospitals
+    examples = institutions * s.data.synthetic.size
+    need = examples * BYTES_PER_EXAMPLE
+    have = psutil.virtual_memory().available
+    if need > 0.8 * have:
+        raise ConfigError(f"config: 'federation.banks' + 'federation.hospitals' = "
+                          f"{institutions:,} institutions of ~{s.data.synthetic.size} "
+                          f"examples need about {need / 2**30:.1f} GB, more than the "
+                          f"{have / 2**30:.1f} GB this machine has free (lower them, or "
+                          f"data.synthetic.size)")
+    if examples > 1_000_000:
+        print(f"fedsilo: a large federation: {institutions:,} institutions, ~{examples:,} "
+              f"examples, about {need / 2**30:.1f} GB; building its data takes about "
+              f"{examples / EXAMPLES_PER_SECOND:.0f} s", flush=True)
+
+
 def shared_facts(s: Scenario, fed) -> Scenario:
     """The scenario as the apps receive it: the institutions to wait for and the label set
-    written out, so that the server needs no data (as in a deployment)."""
+    written out, so that the server needs no data (as in a deployment), and the cache
+    directory as an absolute path (on a Ray cluster, the same path on every node's own
+    disk)."""
     return s.replace(**{"federation.institutions": ",".join(fed.names()),
-                        "data.labels": ",".join(fed.labels)})
+                        "data.labels": ",".join(fed.labels),
+                        "simulation.cache_dir": str(Path(s.simulation.cache_dir).resolve())})
 
 
 def scratch_env(cache_dir: Path) -> dict[str, str]:
@@ -128,12 +162,20 @@ def write_app_dir(cache_dir: Path) -> Path:
     return app_dir
 
 
+class _QuietFileHandler(logging.FileHandler):
+    """flower.log: a full or read-only disk stops the log quietly (the run itself then
+    reports the disk in one line) instead of printing a traceback per record."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        self.setLevel(logging.CRITICAL + 1)
+
+
 def _flower_logging(log_file: Path, verbose: bool) -> logging.Handler:
     logger = logging.getLogger("flwr")
     for h in logger.handlers:
         if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
             h.setLevel(logging.DEBUG if verbose else logging.CRITICAL + 1)
-    fh = logging.FileHandler(log_file)
+    fh = _QuietFileHandler(log_file)
     fh.setLevel(logging.DEBUG)
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(fh)
@@ -261,9 +303,12 @@ def _simulate_in(run_dir: Path, s: Scenario, fed, device, t0: float,
         cause = _root_cause(exc)
         if isinstance(cause, interrupt.Interrupted | KeyboardInterrupt):
             raise _interrupted(cause, rd.final) from None
-        if isinstance(cause, ConfigError | OSError) and _is_input(cause):
-            raise cause if isinstance(cause, ConfigError) else \
-                results.os_error(cause) from None
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        if isinstance(cause, OSError) and _is_input(cause):
+            raise ConfigError(f"output.dir: cannot write the run's files under "
+                              f"'{s.output.dir}': {cause.strerror or cause} (the run stopped "
+                              f"in {_shown(rd.final)})") from None
         raise RunFailed(f"{cause} (details: {_shown(rd.final)}/flower.log)") from cause
     _forget_node_memory(cache_dir, run_dir)
     return RunOutcome(rd.final, json.loads((rd.final / "summary.json").read_text()))
@@ -332,12 +377,26 @@ def _launch(s: Scenario, fed, device, run_dir: Path, cache_dir: Path, ray_tmp: P
                  "log_to_driver": verbose}
     if s.simulation.num_cpus:
         init_args["num_cpus"] = s.simulation.num_cpus
+    # a Ray actor that dies (killed, out of memory) is restarted: with
+    # strategy.on_failure = 'skip' its institutions miss only the round it died in
     backend_config = {"client_resources": {"num_cpus": s.simulation.cpus_per_client,
-                                           "num_gpus": gpus},
+                                           "num_gpus": gpus, "max_restarts": -1},
                       "init_args": init_args}
+    where = ""
+    if s.simulation.ray_address:  # an existing cluster: Flower reuses this connection
+        from fedsilo.cluster import attach
+
+        pythonpath = os.pathsep.join([*sys.path, os.environ.get("PYTHONPATH", "")])
+        with keep_sigterm_handler():
+            nodes = attach(s, pythonpath, verbose)
+        where = f" on the Ray cluster at {s.simulation.ray_address} ({len(nodes)} nodes)"
+    else:
+        from fedsilo.cluster import private_instance
+
+        private_instance()
     print(f"fedsilo: {s.scenario.name}: {len(fed.institutions)} institutions, "
           f"{s.scenario.rounds} rounds, backbone '{s.model.backbone}', scope "
-          f"'{s.model.scope}', device {device.type}; run directory {run_dir.name}",
+          f"'{s.model.scope}', device {device.type}{where}; run directory {run_dir.name}",
           flush=True)
     with keep_sigterm_handler():
         run_simulation_by_reference(s.flat(), num_supernodes=len(fed.institutions),
@@ -390,6 +449,9 @@ def check_outcome(s: Scenario, run_dir: Path, names: list[str]) -> dict:
         raise RunFailed(f"{summary.get('rounds')} of {s.scenario.rounds} rounds completed")
     got = summary["final"]["institutions"]
     absent = [n for n in names if n not in got or got[n].get("accuracy") is None]
-    if absent and s.strategy.fraction_evaluate >= 1.0:
+    if absent and s.strategy.fraction_evaluate >= 1.0 and s.strategy.on_failure == "stop":
         raise RunFailed(f"no final evaluation from: {', '.join(absent)}")
+    if absent and s.strategy.on_failure == "skip":
+        print(f"fedsilo: left out of the final round (strategy.on_failure = 'skip'): "
+              f"{', '.join(absent)}", flush=True)
     return summary

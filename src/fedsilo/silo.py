@@ -178,6 +178,21 @@ def silo_for(s: Scenario, node_config: dict) -> Silo:
     return Silo(s, inst, labels, runtime_for(s, cache_dir))
 
 
+def ray_node() -> tuple[int, str] | None:
+    """(a number for the Ray node this process runs on, "<ip> (<node id>)"), or None
+    outside Ray. The number is the node id's first 48 bits: a metric value."""
+    import sys
+
+    if "ray" not in sys.modules:  # a deployed node never imports Ray
+        return None
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    node = ray.get_runtime_context().get_node_id()
+    return int(node[:12], 16), f"{ray.util.get_node_ip_address()} ({node[:12]})"
+
+
 def scope_tag(m: ModelSection) -> str:
     return f"top-{m.top_k}" if m.scope == "top-k" else m.scope
 

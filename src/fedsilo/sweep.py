@@ -99,46 +99,104 @@ def run_sweep(path: str | None, grid_args: list[str], overrides: list[str],
     base, combos = plan(path, grid_args, overrides)
     sweep_dir = results.new_run_dir(base.replace(
         **{"scenario.name": f"sweep-{base.scenario.name}"}))
-    with results.RunDirectory(sweep_dir) as rd:
-        _run_all(base, combos, sweep_dir, verbose)
+    results.write_json(sweep_dir / "sweep.json", {"base": base.flat(), "grid": combos,
+                                                  "rows": []})
+    return _in(sweep_dir, base, combos, verbose)
+
+
+def _in(sweep_dir: Path, base, combos: list[dict], verbose: bool) -> Path:
+    """Run the sweep in its directory; an interruption names the directory to resume."""
+    from fedsilo.interrupt import Interrupted
+
+    rd = results.RunDirectory(sweep_dir)
+    try:
+        with rd:
+            _run_all(base, combos, sweep_dir, verbose)
+    except Interrupted as exc:
+        exc.run_dir = rd.final
+        raise
     return rd.final
 
 
+def resume_sweep(sweep_dir: Path, verbose: bool = False) -> Path:
+    """Continue an interrupted or failed sweep: finished runs are kept, the interrupted
+    one is resumed, the rest are run."""
+    sweep_dir = Path(sweep_dir)
+    saved = sweep_dir / "sweep.json"
+    if not saved.is_file() or "base" not in json.loads(saved.read_text()):
+        raise ConfigError(f"sweep --resume: '{sweep_dir}' is not a sweep directory that can "
+                          f"be resumed (no sweep.json with its plan)")
+    if not sweep_dir.name.endswith(results.RESUMABLE):
+        raise ConfigError(f"sweep --resume: '{sweep_dir}' finished already")
+    results.check_lock(sweep_dir)
+    plan_ = json.loads(saved.read_text())
+    base = config.from_flat(plan_["base"])
+    live = results.reopen_run_dir(sweep_dir.resolve())
+    return _in(live, base, plan_["grid"], verbose)
+
+
+def _run_name(base, i: int) -> str:
+    return f"{base.scenario.name}-{i:03d}"
+
+
 def _run_all(base, combos: list[dict], sweep_dir: Path, verbose: bool) -> None:
-    from fedsilo.runner import RunFailed, simulate
+    from fedsilo.runner import RunFailed, resume, simulate
 
     rows = []
     for i, combo in enumerate(combos, start=1):
         name = "_".join(f"{k.split('.')[-1]}={v}" for k, v in combo.items())
-        print(f"\nsweep run {i}/{len(combos)}: {name}", flush=True)
-        s = base.replace(**{**combo, "output.dir": str(sweep_dir)})
+        s = base.replace(**{**combo, "output.dir": str(sweep_dir),
+                            "scenario.name": _run_name(base, i)})
         row: dict[str, Any] = {**combo}
+        done, unfinished = _earlier(sweep_dir, s.scenario.name)
         try:
-            outcome = simulate(s, verbose=verbose)
-            sm = outcome.summary
-            accs = [v["accuracy"] for v in sm["final"]["institutions"].values()
-                    if v.get("accuracy") is not None]
-            row.update(run=outcome.run_dir.name, accuracy=sm["final"]["global"]["accuracy"],
-                       macro_f1=sm["final"]["global"]["macro_f1"],
-                       worst_accuracy=min(accs) if accs else None)
-            spent = [v["epsilon"] for v in
-                     (sm.get("privacy") or {}).get("institutions", {}).values()]
-            if spent:  # the weakest guarantee in the federation
-                row["max_epsilon"] = max(spent)
-            server = (sm.get("privacy") or {}).get("server")
-            if server:  # institution-level DP at the server
-                row["server_epsilon"] = server["epsilon"]
+            if done is not None:
+                print(f"\nsweep run {i}/{len(combos)}: {name}: finished earlier "
+                      f"({done.name})", flush=True)
+                summary = json.loads((done / "summary.json").read_text())
+                row.update(_outcome(done, summary))
+            else:
+                print(f"\nsweep run {i}/{len(combos)}: {name}", flush=True)
+                outcome = resume(unfinished, verbose=verbose) if unfinished is not None \
+                    else simulate(s, verbose=verbose)
+                row.update(_outcome(outcome.run_dir, outcome.summary))
         except (RunFailed, ConfigError) as exc:
             row.update(run=None, error=str(exc))
             print(f"sweep run {i} failed: {exc}", flush=True)
         rows.append(row)
-        results.write_json(sweep_dir / "sweep.json", {"grid": combos, "rows": rows})
+        results.write_json(sweep_dir / "sweep.json", {"base": base.flat(), "grid": combos,
+                                                      "rows": rows})
     table = sweep_table(rows)
     (sweep_dir / "sweep.md").write_text(table + "\n")
     print("\n" + table)
     plot_sweep(rows, sweep_dir / "sweep.png")
     if any(k in r for r in rows for k in EPSILONS):
         plot_privacy_utility(rows, sweep_dir / "privacy_utility.png")
+
+
+def _earlier(sweep_dir: Path, name: str) -> tuple[Path | None, Path | None]:
+    """(the finished run of ``name`` in this sweep, or its resumable one), if any."""
+    mine = sorted(p for p in sweep_dir.glob(f"{name}-*") if p.is_dir())
+    done = [p for p in mine if not p.name.endswith(results.RESUMABLE)]
+    unfinished = [p for p in mine if p.name.endswith(results.RESUMABLE)
+                  and (p / "checkpoint" / "state.json").is_file()]
+    return (done[-1] if done else None), (unfinished[-1] if unfinished else None)
+
+
+def _outcome(run_dir: Path, sm: dict) -> dict:
+    """A sweep row's results from a run's summary."""
+    accs = [v["accuracy"] for v in sm["final"]["institutions"].values()
+            if v.get("accuracy") is not None]
+    row = {"run": run_dir.name, "accuracy": sm["final"]["global"]["accuracy"],
+           "macro_f1": sm["final"]["global"]["macro_f1"],
+           "worst_accuracy": min(accs) if accs else None}
+    spent = [v["epsilon"] for v in (sm.get("privacy") or {}).get("institutions", {}).values()]
+    if spent:  # the weakest guarantee in the federation
+        row["max_epsilon"] = max(spent)
+    server = (sm.get("privacy") or {}).get("server")
+    if server:  # institution-level DP at the server
+        row["server_epsilon"] = server["epsilon"]
+    return row
 
 
 # epsilon columns: record level (DP-SGD, the largest over institutions) and institution

@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 PACKAGES = {"fedsilo": ROOT / "src" / "fedsilo", "server": ROOT / "server",
             "clients": ROOT / "clients", "strategies": ROOT / "strategies"}
 # Flower's public API: these modules, and only the names each one exports
-PUBLIC_FLOWER = ("flwr.app", "flwr.serverapp", "flwr.serverapp.strategy", "flwr.clientapp",
+PUBLIC_FLOWER = ("flwr", "flwr.app", "flwr.serverapp", "flwr.serverapp.strategy", "flwr.clientapp",
                  "flwr.client.mod", "flwr.common")
 
 

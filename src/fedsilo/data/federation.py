@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from fedsilo.config import ConfigError, DataSection, FederationSection, Scenario
+from fedsilo.console import warn
 from fedsilo.data import synthetic
 from fedsilo.data.partition import split_indices, train_test_split
 
@@ -74,7 +75,25 @@ def _build(data: DataSection, fed: FederationSection, seed: int) -> FederationDa
     label_names, groups = _groups(data, fed, seed)
     institutions = [_institution(name, kind, texts, ids, data, seed)
                     for name, kind, texts, ids in groups]
+    if data.source != "synthetic":
+        for inst in institutions:
+            check_splits(inst, label_names, data.source)
     return FederationData(labels=tuple(label_names), institutions=tuple(institutions))
+
+
+def check_splits(inst: InstitutionData, labels: tuple[str, ...], where: str) -> None:
+    """Warn about what makes an institution's test split a poor measure: labels seen in
+    only one of its splits, and test texts that are also training texts."""
+    train, test = set(inst.train_labels.tolist()), set(inst.test_labels.tolist())
+    for name, only in (("training", train - test), ("test", test - train)):
+        if only:
+            shown = ", ".join(repr(labels[i]) for i in sorted(only)[:3])
+            warn(f"institution '{inst.name}' ({where}): {len(only)} label(s) occur only in "
+                 f"its {name} split ({shown}{', ...' if len(only) > 3 else ''})")
+    twice = len(set(inst.test_texts) & set(inst.train_texts))
+    if twice:
+        warn(f"institution '{inst.name}' ({where}): {twice} test text(s) also appear in its "
+             f"training split")
 
 
 def institution_rows(s: Scenario) -> tuple[tuple[str, ...], list[tuple[str, str, list[str],
@@ -178,7 +197,7 @@ def load_institution(data: DataSection, name: str, kind: str | None, path: str,
         raise ConfigError("data.labels: a deployed node needs the federation's label set "
                           "declared in the run config (data.labels = \"a,b,...\")")
     df = check_columns(read_table(path, key="data-path"), path, data.text_column,
-                       data.label_column)
+                       data.label_column, data.institution_column)
     if data.institution_column in df.columns:
         others = sorted(set(df[data.institution_column].astype(str)) - {name})
         if others:
@@ -196,23 +215,41 @@ def load_institution(data: DataSection, name: str, kind: str | None, path: str,
         raise ConfigError(f"node config: kind must be 'bank' or 'hospital', got {kind!r}")
     inst = _institution(name, kind, df[data.text_column].tolist(),
                         np.asarray([index[lab] for lab in labels], dtype=np.int64), data, seed)
+    check_splits(inst, label_names, path)
     return label_names, inst
 
 
 def _synthetic_pool(data: DataSection, fed: FederationSection, seed: int):
     syn = data.synthetic
+    total = fed.banks + fed.hospitals
     msgs = synthetic.generate(fed.banks, fed.hospitals, syn.size, seed,
                               size_spread=syn.size_spread, label_noise=syn.label_noise,
-                              typo_rate=syn.typo_rate, kind_skew=syn.kind_skew)
+                              typo_rate=syn.typo_rate, kind_skew=syn.kind_skew,
+                              progress=_progress if total >= LARGE else None)
     return ([m.text for m in msgs], [m.label for m in msgs], [m.institution for m in msgs],
             [m.kind for m in msgs])
+
+
+LARGE = 1000  # institutions: building their data shows progress
+
+
+def _progress(done: int, total: int) -> None:
+    if done == 1 or done == total or done % max(1, total // 10) == 0:
+        print(f"building the federation's data: {done}/{total} institutions", flush=True)
 
 
 def _file_pool(data: DataSection):
     from fedsilo.data.loaders import check_columns, read_table  # pandas: only for files
 
-    df = check_columns(read_table(data.source), data.source, data.text_column,
-                       data.label_column)
+    raw = read_table(data.source)
+    df = check_columns(raw, data.source, data.text_column, data.label_column,
+                       data.institution_column)
+    if data.partition == "natural" and data.institution_column in raw.columns:
+        gone = sorted(set(raw[data.institution_column].dropna().astype(str))
+                      - set(df[data.institution_column].astype(str)))
+        if gone:
+            raise ConfigError(f"data: institution '{gone[0]}' has no row with a non-empty "
+                              f"text and label in '{data.source}'")
     texts = df[data.text_column].tolist()
     labels = df[data.label_column].tolist()
     label_names = tuple(sorted(set(labels)))

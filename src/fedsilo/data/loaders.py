@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from fedsilo.config import ConfigError
+from fedsilo.console import warn
 
 SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet",
             ".pq": "parquet"}
@@ -52,18 +53,29 @@ def _read_hf_dir(path: Path) -> pd.DataFrame:
     return ds.to_pandas()
 
 
-def check_columns(df: pd.DataFrame, source: str, text: str, label: str) -> pd.DataFrame:
-    """Keep rows with a text and a label; name the missing column otherwise."""
+def check_columns(df: pd.DataFrame, source: str, text: str, label: str,
+                  institution: str | None = None) -> pd.DataFrame:
+    """Keep rows with a non-blank text and a label; name the missing column otherwise.
+    Dropped rows are counted in a warning (per institution when the file names them)."""
     for key, col in (("data.text_column", text), ("data.label_column", label)):
         if col not in df.columns:
             have = ", ".join(map(str, df.columns))
             raise ConfigError(f"{key}: column '{col}' is not in '{source}' "
                               f"(columns: {have})")
-    df = df.dropna(subset=[text, label])
-    if df.empty:
-        raise ConfigError(f"data.source: '{source}' has no rows with both '{text}' and "
-                          f"'{label}'")
-    df = df.copy()
+    blank = df[text].isna() | df[label].isna() | \
+        df[text].astype(str).str.strip().eq("") | df[label].astype(str).str.strip().eq("")
+    if blank.all():
+        raise ConfigError(f"data.source: '{source}' has no rows with both a non-empty "
+                          f"'{text}' and a '{label}'")
+    if blank.any():
+        if institution and institution in df.columns:
+            counts = df.loc[blank, institution].astype(str).value_counts().sort_index()
+            where = " (" + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ")"
+        else:
+            where = ""
+        warn(f"'{source}': dropped {int(blank.sum())} rows whose text or label is empty or "
+             f"only whitespace{where}")
+    df = df.loc[~blank].copy()
     df[text] = df[text].astype(str)
-    df[label] = df[label].astype(str)
+    df[label] = df[label].astype(str).str.strip()
     return df

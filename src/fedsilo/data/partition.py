@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from fedsilo.config import ConfigError
@@ -27,8 +29,10 @@ def split_indices(labels: list[int], num_institutions: int, how: str, alpha: flo
         raise ValueError(how)
     partitioner.dataset = ds
     try:
-        return [np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64)
-                for i in range(num_institutions)]
+        with warnings.catch_warnings():  # its retries warn at length; the outcome is ours
+            warnings.simplefilter("ignore")
+            return [np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64)
+                    for i in range(num_institutions)]
     except ValueError as exc:
         raise ConfigError(
             f"data.alpha: cannot split {len(labels)} examples over {num_institutions} "

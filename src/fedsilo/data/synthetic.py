@@ -294,10 +294,14 @@ def institution_names(banks: int, hospitals: int) -> list[tuple[str, str]]:
 
 def generate(banks: int, hospitals: int, size: int, seed: int, size_spread: float = 0.5,
              label_noise: float = 0.04, typo_rate: float = 0.06,
-             kind_skew: float = 0.8) -> list[Message]:
-    """The messages held by every institution of the federation."""
+             kind_skew: float = 0.8, progress=None) -> list[Message]:
+    """The messages held by every institution of the federation; ``progress(done, total)``
+    is called as institutions are made."""
     out: list[Message] = []
-    for name, kind in institution_names(banks, hospitals):
+    names = institution_names(banks, hospitals)
+    for done, (name, kind) in enumerate(names, start=1):
+        if progress is not None:
+            progress(done, len(names))
         rng = random.Random(f"{seed}:{name}")
         n = max(20, int(round(size * rng.lognormvariate(0.0, size_spread)))) \
             if size_spread > 0 else size

@@ -135,7 +135,10 @@ class RunDirectory:
         stopped = exc is not None and _caused_by(exc, (Interrupted, KeyboardInterrupt))
         self.final = final_name(self.path, failed=exc is not None, interrupted=stopped)
         if exc is not None:
-            (self.path / "error.txt").write_text(self.describe(exc) + "\n")
+            try:
+                (self.path / "error.txt").write_text(self.describe(exc) + "\n")
+            except OSError:  # a full disk: the directory's name says it failed
+                (self.path / "error.txt").unlink(missing_ok=True)
         (self.path / LOCK).unlink(missing_ok=True)
         self.path.rename(self.final)
         return False

@@ -125,18 +125,54 @@ class FeatureCache:
             self.hits += 1
             return self._mem[key]
         path = None if self.disk_dir is None else self.disk_dir / owner / f"{key}.npz"
-        if path is not None and path.is_file():
-            with np.load(path) as z:
-                value = {k: torch.from_numpy(z[k]) for k in z.files}
+        value = _load(path) if path is not None and path.is_file() else None
+        if value is not None:
             self.hits += 1
         else:
             self.misses += 1
             value = compute()
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-                with os.fdopen(fd, "wb") as fh:
-                    np.savez(fh, **{k: v.numpy() for k, v in value.items()})
-                os.replace(tmp, path)
+                _save(path, value)
         self._put(key, value)
         return value
+
+
+CHECKSUM = "__sha256__"
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(arrays[k]).tobytes())
+    return np.frombuffer(h.digest(), dtype=np.uint8)
+
+
+def _save(path: Path, value: dict[str, torch.Tensor]) -> None:
+    """Write the payload with its checksum, atomically."""
+    arrays = {k: v.numpy() for k, v in value.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    with os.fdopen(fd, "wb") as fh:
+        np.savez(fh, **arrays, **{CHECKSUM: _digest(arrays)})
+    os.replace(tmp, path)
+
+
+def _load(path: Path) -> dict[str, torch.Tensor] | None:
+    """The payload on disk, or None (with a warning) when the file is damaged: cut short,
+    not an npz, or its checksum does not match; it is then encoded again."""
+    from fedsilo.console import warn
+
+    try:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files if k != CHECKSUM}
+            stored = z[CHECKSUM] if CHECKSUM in z.files else None
+    except Exception as exc:  # noqa: BLE001 - any unreadable file: encode again
+        why = f"unreadable ({type(exc).__name__})"
+    else:
+        if stored is not None and np.array_equal(stored, _digest(arrays)):
+            return {k: torch.from_numpy(v) for k, v in arrays.items()}
+        why = "its checksum does not match" if stored is not None else "it has no checksum"
+    warn(f"feature cache '{path}' is damaged ({why}); encoding the texts again")
+    path.unlink(missing_ok=True)
+    return None
