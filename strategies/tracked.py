@@ -9,6 +9,7 @@ is left to the inner strategy.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterable
 
@@ -35,9 +36,10 @@ class Tracked(Strategy):
 
     def __init__(self, inner: Strategy, ledger: RoundLedger, *,
                  tolerates_dropouts: bool = False, skip_below: int | None = None,
-                 account: CentralAccount | None = None):
+                 account: CentralAccount | None = None, seed: int = 0):
         self.inner = inner
         self.ledger = ledger
+        self.seed = seed
         self.tolerates_dropouts = tolerates_dropouts
         self.skip_below = skip_below
         self.account = account
@@ -50,13 +52,22 @@ class Tracked(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._sent_dtypes = {k: v.numpy().dtype for k, v in arrays.items()}
+        self._seed_sampling(server_round, "training")
         msgs = self.inner.configure_train(server_round, arrays, config, grid)
         return self._sending(server_round, "training", msgs)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        self._seed_sampling(server_round, "evaluation")
         msgs = self.inner.configure_evaluate(server_round, arrays, config, grid)
         return self._sending(server_round, "evaluation", msgs)
+
+    def _seed_sampling(self, server_round: int, stage: str) -> None:
+        """Flower samples institutions with Python's global ``random``, which other
+        threads of the process (Ray's) also draw from: seed it right before each sample,
+        from the scenario's seed, the round and the stage, so the same institutions are
+        sampled in every run, resumed or not."""
+        random.seed(f"{self.seed}:{server_round}:{stage}")
 
     def _sending(self, server_round: int, stage: str, msgs: Iterable[Message]) -> list[Message]:
         msgs = list(msgs)

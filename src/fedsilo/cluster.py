@@ -22,6 +22,7 @@ def attach(s: Scenario, pythonpath: str, verbose: bool) -> list[dict]:
     import ray
 
     address = s.simulation.ray_address
+    _probe(address)
     try:
         ray.init(address=address, logging_level=logging.DEBUG if verbose else logging.ERROR,
                  log_to_driver=verbose, include_dashboard=False,
@@ -46,6 +47,26 @@ def attach(s: Scenario, pythonpath: str, verbose: bool) -> list[dict]:
         ray.shutdown()
         raise
     return nodes
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """HOST:PORT must answer at once (Ray itself retries an unreachable address for a
+    minute)."""
+    import socket
+
+    if address == "auto":
+        return  # Ray finds the local cluster, or says at once that there is none
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"simulation.ray_address: '{address}' is neither 'auto' nor "
+                          f"HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except OSError as exc:
+        raise ConfigError(f"simulation.ray_address: no Ray cluster answers at '{address}' "
+                          f"({exc.strerror or exc}); start one with `ray start --head` or "
+                          f"fix the address") from None
 
 
 def _check_room(s: Scenario, nodes: list[dict]) -> None:
@@ -108,3 +129,109 @@ def private_instance() -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
+
+
+class LocalCluster:
+    """A Ray cluster of ``nodes`` nodes on this machine (a head and nodes joined to it,
+    ``cpus`` CPUs each, their own temp dirs and free ports), started with `ray start` as on
+    real hosts: to try `simulation.ray_address` on one machine, and for the tests and the
+    benchmark. Leaving the ``with`` block stops exactly the processes it started."""
+
+    def __init__(self, nodes: int = 2, cpus: int = 1):
+        import tempfile
+
+        self.nodes, self.cpus = nodes, cpus
+        # Ray's unix sockets live under the temp dir: keep its path short
+        self.root = tempfile.mkdtemp(prefix="fsrc-", dir="/tmp")
+        self.env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+        self.env.pop("RAY_ADDRESS", None)
+        self.address = ""
+
+    def __enter__(self) -> LocalCluster:
+        import time
+
+        from fedsilo.deploy.loopback import free_port
+
+        try:
+            port = free_port()
+            self.address = f"127.0.0.1:{port}"
+            self._start(["--head", "--port", str(port), "--include-dashboard=false",
+                         "--ray-client-server-port", str(free_port())], "n0")
+            for i in range(1, self.nodes):
+                self._start(["--address", self.address], f"n{i}")
+            end = time.monotonic() + 60
+            while len(self.alive()) < self.nodes:
+                if time.monotonic() > end:
+                    raise RuntimeError("the Ray nodes did not join within 60 s")
+                time.sleep(1)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _start(self, args: list[str], name: str) -> None:
+        import subprocess
+
+        from fedsilo.deploy.loopback import free_port
+
+        p = [free_port() for _ in range(7)]
+        cmd = [str(_ray_cli()), "start", *args, "--num-cpus", str(self.cpus),
+               "--disable-usage-stats", "--temp-dir", f"{self.root}/{name}",
+               "--node-manager-port", str(p[0]), "--object-manager-port", str(p[1]),
+               "--runtime-env-agent-port", str(p[2]), "--dashboard-agent-listen-port",
+               str(p[3]), "--dashboard-agent-grpc-port", str(p[4]), "--metrics-export-port",
+               str(p[5]), "--min-worker-port", str(p[6]), "--max-worker-port",
+               str(p[6] + 60)]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=self.env)
+        if out.returncode != 0:
+            raise RuntimeError(f"ray start failed: {out.stderr.strip()[-500:]}")
+
+    def alive(self) -> list[str]:
+        """The ids of the cluster's alive nodes (asked from a separate process)."""
+        import json
+        import subprocess
+
+        code = (f"import ray, json; ray.init(address={self.address!r}, "
+                f"logging_level='ERROR'); print(json.dumps([n['NodeID'] for n in "
+                f"ray.nodes() if n['Alive']]))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=120, env=self.env)
+        if out.returncode != 0:
+            return []
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def processes(self) -> list:
+        """This cluster's processes (found by its temp dir)."""
+        import psutil
+
+        found = []
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                if self.root in " ".join(p.info["cmdline"] or []):
+                    found.append(p)
+            except psutil.Error:
+                pass
+        return found
+
+    def stop(self) -> None:
+        import shutil
+
+        import psutil
+
+        procs = self.processes()
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(procs, timeout=20)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _ray_cli():
+    from pathlib import Path
+
+    return Path(sys.executable).parent / "ray"

@@ -234,9 +234,14 @@ def simulate(s: Scenario, verbose: bool = False) -> RunOutcome:
     t0 = time.time()
     fed, _ref, device = preflight(s)
     results.check_writable(s)
-    run_dir = results.new_run_dir(s).resolve()
+    nodes = connect_ray(s, verbose)
+    try:
+        run_dir = results.new_run_dir(s).resolve()
+    except BaseException:
+        _disconnect()
+        raise
     s = shared_facts(s, fed).replace(**{"output.run_dir": str(run_dir)})
-    return _simulate_in(run_dir, s, fed, device, t0, verbose)
+    return _simulate_in(run_dir, s, fed, device, t0, verbose, nodes)
 
 
 def resume(run_dir: Path, overrides: list[str] | None = None,
@@ -263,14 +268,44 @@ def resume(run_dir: Path, overrides: list[str] | None = None,
                           f"resumed run continues the same scenario")
     fed, _ref, device = preflight(saved)
     results.check_writable(saved)
-    live = results.reopen_run_dir(run_dir.resolve())
+    nodes = connect_ray(saved, verbose)
+    try:
+        live = results.reopen_run_dir(run_dir.resolve())
+    except BaseException:
+        _disconnect()
+        raise
     s = shared_facts(saved, fed).replace(**{"output.run_dir": str(live),
                                             "output.resume": True})
-    return _simulate_in(live, s, fed, device, t0, verbose)
+    return _simulate_in(live, s, fed, device, t0, verbose, nodes)
+
+
+def connect_ray(s: Scenario, verbose: bool) -> list[dict] | None:
+    """With ``simulation.ray_address``: connect to the existing cluster now and check it
+    (one clear line if it cannot serve the run), before any directory is made; Flower's
+    Ray backend then reuses the connection. Without: make sure no cluster is attached by
+    accident. Returns the cluster's alive nodes, or None for a private instance."""
+    from fedsilo.cluster import attach, private_instance
+    from fedsilo.flower_compat import keep_sigterm_handler
+
+    if not s.simulation.ray_address:
+        private_instance()
+        return None
+    os.environ.update(scratch_env(Path(s.simulation.cache_dir).resolve()))
+    pythonpath = os.pathsep.join([*sys.path, os.environ.get("PYTHONPATH", "")])
+    with keep_sigterm_handler():
+        return attach(s, pythonpath, verbose)
+
+
+def _disconnect() -> None:
+    with contextlib.suppress(Exception):
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 def _simulate_in(run_dir: Path, s: Scenario, fed, device, t0: float,
-                 verbose: bool) -> RunOutcome:
+                 verbose: bool, nodes: list[dict] | None) -> RunOutcome:
     """Launch the run in ``run_dir`` (``.incomplete``), check its outcome, finalise it."""
     from fedsilo import interrupt
 
@@ -287,7 +322,7 @@ def _simulate_in(run_dir: Path, s: Scenario, fed, device, t0: float,
                 interrupt.stop_on_signals():
             try:
                 handler = _flower_logging(run_dir / "flower.log", verbose)
-                _launch(s, fed, device, run_dir, cache_dir, ray_tmp, verbose)
+                _launch(s, fed, device, run_dir, cache_dir, ray_tmp, verbose, nodes)
                 summary = check_outcome(s, run_dir, fed.names())
                 summary["command_wall_time_s"] = time.time() - t0
                 if summary.get("first_round_started_at"):
@@ -366,7 +401,7 @@ def kill_orphans() -> list[str]:
 
 
 def _launch(s: Scenario, fed, device, run_dir: Path, cache_dir: Path, ray_tmp: Path,
-            verbose: bool) -> None:
+            verbose: bool, nodes: list[dict] | None) -> None:
     """The ServerApp and ClientApps by reference, on Flower's simulation runtime."""
     from fedsilo.flower_compat import keep_sigterm_handler, run_simulation_by_reference
 
@@ -382,18 +417,8 @@ def _launch(s: Scenario, fed, device, run_dir: Path, cache_dir: Path, ray_tmp: P
     backend_config = {"client_resources": {"num_cpus": s.simulation.cpus_per_client,
                                            "num_gpus": gpus, "max_restarts": -1},
                       "init_args": init_args}
-    where = ""
-    if s.simulation.ray_address:  # an existing cluster: Flower reuses this connection
-        from fedsilo.cluster import attach
-
-        pythonpath = os.pathsep.join([*sys.path, os.environ.get("PYTHONPATH", "")])
-        with keep_sigterm_handler():
-            nodes = attach(s, pythonpath, verbose)
-        where = f" on the Ray cluster at {s.simulation.ray_address} ({len(nodes)} nodes)"
-    else:
-        from fedsilo.cluster import private_instance
-
-        private_instance()
+    where = "" if nodes is None else \
+        f" on the Ray cluster at {s.simulation.ray_address} ({len(nodes)} nodes)"
     print(f"fedsilo: {s.scenario.name}: {len(fed.institutions)} institutions, "
           f"{s.scenario.rounds} rounds, backbone '{s.model.backbone}', scope "
           f"'{s.model.scope}', device {device.type}{where}; run directory {run_dir.name}",
