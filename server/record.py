@@ -71,7 +71,8 @@ class RunRecorder:
         self.started_at = time.time()
         self.first_round_started: float | None = None
         self.first_round_started_at: float | None = None
-        self.log = results.RunLog(run_dir, fresh=not resumed_from)
+        self.log = results.RunLog(run_dir, fresh=not resumed_from,
+                                  tensorboard=s.output.tensorboard)
         self.rows = self.log.rows
         self.resumed_from = resumed_from
         if resumed_from:  # the rows of the rounds the checkpoint holds

@@ -66,7 +66,7 @@ def run_baseline(s: Scenario, mode: str) -> Path:
         from fedsilo.config import to_toml
 
         (run_dir / "config.toml").write_text(to_toml(s))
-        log = results.RunLog(run_dir)
+        log = results.RunLog(run_dir, tensorboard=s.output.tensorboard)
         num_labels = len(fed.labels)
         model = rt.model(s.model, num_labels, seed=s.scenario.seed)
         start = model.get_arrays()
@@ -114,6 +114,9 @@ def run_baseline(s: Scenario, mode: str) -> Path:
             log.rows, mode=mode, scenario=s.scenario.name, wall_time_s=time.time() - t0,
             labels=list(fed.labels),
             model={"backbone": s.model.backbone, "scope": s.model.scope}), plot=s.output.plot)
+    from fedsilo.results.tracking import track
+
+    track(rd.final, s)
     return rd.final
 
 

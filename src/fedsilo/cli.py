@@ -10,6 +10,7 @@
     fedsilo sweep [CONFIG|SWEEP_FILE] [--grid key=v1,v2 ...] [--set ...]
                                                    the cross product, one run after another
     fedsilo privacy RUN_DIR                        the run's privacy report again
+    fedsilo report RUN_DIR...                      a self-contained HTML page
     fedsilo keys                                   list every config key with its default
 
 Deployment (fedsilo.deploy.cli): certs, export, superlink, register, node, submit.
@@ -55,6 +56,11 @@ def parser() -> argparse.ArgumentParser:
     cmp_ = sub.add_parser("compare", help="compare finished runs per institution")
     cmp_.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
     cmp_.add_argument("--png", type=Path, help="also write a bar chart here")
+    rep = sub.add_parser("report", help="a self-contained HTML page of one run, or comparing "
+                         "runs (a sweep directory counts as its runs)")
+    rep.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    rep.add_argument("--out", type=Path, help="where to write the page (default: "
+                     "RUN_DIR/report.html for one run, else ./report.html)")
     priv = sub.add_parser("privacy", help="print a finished run's privacy report")
     priv.add_argument("run", type=Path, metavar="RUN_DIR")
     sweep = sub.add_parser("sweep", help="run the cross product of a grid of values")
@@ -161,6 +167,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from fedsilo.results.report import write_report
+
+    out = write_report(args.runs, args.out)
+    print(f"report: {_rel(out)}")
+    return 0
+
+
 def cmd_privacy(args: argparse.Namespace) -> int:
     from fedsilo.results import privacy_table
     from fedsilo.results.compare import load_summary
@@ -216,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
 
     handler = {"run": cmd_run, "resume": cmd_resume, "data": cmd_data, "config": cmd_config,
                "keys": cmd_keys, "baseline": cmd_baseline, "compare": cmd_compare,
-               "sweep": cmd_sweep, "privacy": cmd_privacy, **HANDLERS}
+               "sweep": cmd_sweep, "privacy": cmd_privacy, "report": cmd_report,
+               **HANDLERS}
     try:
         return handler[args.command](args)
     except ConfigError as exc:

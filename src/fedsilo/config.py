@@ -185,6 +185,15 @@ class OutputSection:
     audit: bool = _opt(False, "record every reply each institution sends (records, metric "
                        "values, array shapes) in <run dir>/audit/<institution>.jsonl (a "
                        "deployed node: <its cache dir>/audit/)")
+    tensorboard: bool = _opt(True, "write TensorBoard event files as rounds end: <run dir>/"
+                             "tb/server/ (the federation) and tb/<institution>/ (docs/"
+                             "tracking.md)")
+    mlflow: bool = _opt(False, "log the finished run to MLflow: a run with the config as "
+                        "parameters, a child run per institution, the run directory as "
+                        "artifacts")
+    mlflow_uri: str = _opt("", "MLflow tracking URI (empty: a local SQLite file "
+                           "<output.dir>/mlflow.db)")
+    mlflow_experiment: str = _opt("", "MLflow experiment (empty: the scenario's name)")
     stream: bool = _opt(False, "the ServerApp also prints its records (config, metrics rows, "
                         "summary, final shared arrays) as lines of its log, from which "
                         "`fedsilo submit` writes the run directory on the submitting machine "

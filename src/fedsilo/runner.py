@@ -44,10 +44,12 @@ def preflight(s: Scenario):
     from fedsilo.data import build_federation
     from fedsilo.models import backbone as bb
     from fedsilo.privacy import check_scenario
+    from fedsilo.results.tracking import check_mlflow
     from fedsilo.silo import resolve_device
 
     check_scenario(s)
     check_size(s)
+    check_mlflow(s)
     cache = Path(s.simulation.cache_dir).resolve()
     fed = build_federation(s)
     ref = bb.resolve(s.model.backbone, str(cache))
@@ -229,8 +231,10 @@ def kill_leftovers(token: str, timeout: float = 10.0) -> list[str]:
     return names
 
 
-def simulate(s: Scenario, verbose: bool = False) -> RunOutcome:
-    """Run scenario ``s`` to the end; raise ConfigError, RunFailed or Interrupted."""
+def simulate(s: Scenario, verbose: bool = False, mlflow_parent: str | None = None
+             ) -> RunOutcome:
+    """Run scenario ``s`` to the end; raise ConfigError, RunFailed or Interrupted.
+    ``mlflow_parent``: the MLflow run this one belongs under (a sweep's)."""
     t0 = time.time()
     fed, _ref, device = preflight(s)
     results.check_writable(s)
@@ -241,7 +245,7 @@ def simulate(s: Scenario, verbose: bool = False) -> RunOutcome:
         _disconnect()
         raise
     s = shared_facts(s, fed).replace(**{"output.run_dir": str(run_dir)})
-    return _simulate_in(run_dir, s, fed, device, t0, verbose, nodes)
+    return _simulate_in(run_dir, s, fed, device, t0, verbose, nodes, mlflow_parent)
 
 
 def resume(run_dir: Path, overrides: list[str] | None = None,
@@ -305,7 +309,8 @@ def _disconnect() -> None:
 
 
 def _simulate_in(run_dir: Path, s: Scenario, fed, device, t0: float,
-                 verbose: bool, nodes: list[dict] | None) -> RunOutcome:
+                 verbose: bool, nodes: list[dict] | None,
+                 mlflow_parent: str | None = None) -> RunOutcome:
     """Launch the run in ``run_dir`` (``.incomplete``), check its outcome, finalise it."""
     from fedsilo import interrupt
 
@@ -346,6 +351,9 @@ def _simulate_in(run_dir: Path, s: Scenario, fed, device, t0: float,
                               f"in {_shown(rd.final)})") from None
         raise RunFailed(f"{cause} (details: {_shown(rd.final)}/flower.log)") from cause
     _forget_node_memory(cache_dir, run_dir)
+    from fedsilo.results.tracking import track
+
+    track(rd.final, s, mlflow_parent)
     return RunOutcome(rd.final, json.loads((rd.final / "summary.json").read_text()))
 
 

@@ -97,21 +97,41 @@ def run_sweep(path: str | None, grid_args: list[str], overrides: list[str],
               verbose: bool = False) -> Path:
     """Run every combination; the sweep directory is finalised like a run directory."""
     base, combos = plan(path, grid_args, overrides)
+    if base.output.mlflow:  # one store and one experiment for all its runs
+        from fedsilo.results.tracking import experiment_of, mlflow_uri
+
+        base = base.replace(**{"output.mlflow_uri": mlflow_uri(base.output.dir,
+                                                               base.output.mlflow_uri),
+                               "output.mlflow_experiment": experiment_of(base)})
     sweep_dir = results.new_run_dir(base.replace(
         **{"scenario.name": f"sweep-{base.scenario.name}"}))
+    parent = _mlflow_parent(base, sweep_dir)
     results.write_json(sweep_dir / "sweep.json", {"base": base.flat(), "grid": combos,
-                                                  "rows": []})
-    return _in(sweep_dir, base, combos, verbose)
+                                                  "rows": [], "mlflow_parent": parent})
+    return _in(sweep_dir, base, combos, verbose, parent)
 
 
-def _in(sweep_dir: Path, base, combos: list[dict], verbose: bool) -> Path:
+def _mlflow_parent(base, sweep_dir: Path) -> str | None:
+    """With output.mlflow: the sweep's parent MLflow run (its grid points are children)."""
+    if not base.output.mlflow:
+        return None
+    from fedsilo.results.tracking import check_mlflow, experiment_of, start_mlflow_parent
+
+    check_mlflow(base)
+    return start_mlflow_parent(sweep_dir.name.removesuffix(results.INCOMPLETE),
+                               base.output.dir, base.output.mlflow_uri, experiment_of(base),
+                               base.flat())
+
+
+def _in(sweep_dir: Path, base, combos: list[dict], verbose: bool,
+        parent: str | None = None) -> Path:
     """Run the sweep in its directory; an interruption names the directory to resume."""
     from fedsilo.interrupt import Interrupted
 
     rd = results.RunDirectory(sweep_dir)
     try:
         with rd:
-            _run_all(base, combos, sweep_dir, verbose)
+            _run_all(base, combos, sweep_dir, verbose, parent)
     except Interrupted as exc:
         exc.run_dir = rd.final
         raise
@@ -132,14 +152,15 @@ def resume_sweep(sweep_dir: Path, verbose: bool = False) -> Path:
     plan_ = json.loads(saved.read_text())
     base = config.from_flat(plan_["base"])
     live = results.reopen_run_dir(sweep_dir.resolve())
-    return _in(live, base, plan_["grid"], verbose)
+    return _in(live, base, plan_["grid"], verbose, plan_.get("mlflow_parent"))
 
 
 def _run_name(base, i: int) -> str:
     return f"{base.scenario.name}-{i:03d}"
 
 
-def _run_all(base, combos: list[dict], sweep_dir: Path, verbose: bool) -> None:
+def _run_all(base, combos: list[dict], sweep_dir: Path, verbose: bool,
+             parent: str | None = None) -> None:
     from fedsilo.runner import RunFailed, resume, simulate
 
     rows = []
@@ -158,14 +179,14 @@ def _run_all(base, combos: list[dict], sweep_dir: Path, verbose: bool) -> None:
             else:
                 print(f"\nsweep run {i}/{len(combos)}: {name}", flush=True)
                 outcome = resume(unfinished, verbose=verbose) if unfinished is not None \
-                    else simulate(s, verbose=verbose)
+                    else simulate(s, verbose=verbose, mlflow_parent=parent)
                 row.update(_outcome(outcome.run_dir, outcome.summary))
         except (RunFailed, ConfigError) as exc:
             row.update(run=None, error=str(exc))
             print(f"sweep run {i} failed: {exc}", flush=True)
         rows.append(row)
         results.write_json(sweep_dir / "sweep.json", {"base": base.flat(), "grid": combos,
-                                                      "rows": rows})
+                                                      "rows": rows, "mlflow_parent": parent})
     table = sweep_table(rows)
     (sweep_dir / "sweep.md").write_text(table + "\n")
     print("\n" + table)

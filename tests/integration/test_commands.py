@@ -72,7 +72,7 @@ def test_sweep_runs_the_grid_including_scaffold(tmp_path, cache_dir):
     proc = fedsilo("sweep", str(CONFIGS / "smoke.toml"),
                    "--grid", "strategy.name=fedavg,scaffold",
                    *_sets(tmp_path, cache_dir, "scenario.rounds=2", "train.optimizer=\"sgd\"",
-                          "train.lr=0.1"), cwd=tmp_path)
+                          "train.lr=0.1", "output.mlflow=true"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep_dir = next((tmp_path / "runs").glob("sweep-smoke-*"))
     rows = json.loads((sweep_dir / "sweep.json").read_text())["rows"]
@@ -97,6 +97,36 @@ def test_sweep_runs_the_grid_including_scaffold(tmp_path, cache_dir):
     assert np.isfinite(c).all() and np.abs(c).max() > 0  # updated from the clients' deltas
     assert (sweep_dir / "sweep.md").read_text().count("\n") == 4
     assert (sweep_dir / "sweep.png").stat().st_size > 5000
+    # every run of the sweep writes the TensorBoard layout of a run
+    for r in rows:
+        assert {p.name for p in (sweep_dir / r["run"] / "tb").iterdir()} == {
+            "server", "bank-1", "bank-2", "hospital-1", "hospital-2"}
+    # MLflow: one parent for the sweep, a child per grid point, grandchildren per institution
+    runs = _mlflow_runs(tmp_path / "runs", "smoke")
+    parent = [r for r in runs if r.data.tags["mlflow.runName"] == sweep_dir.name]
+    assert len(parent) == 1
+    points = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    assert sorted(p.data.tags["mlflow.runName"] for p in points) == sorted(
+        r["run"] for r in rows)
+    for point in points:
+        children = [r for r in runs
+                    if r.data.tags.get("mlflow.parentRunId") == point.info.run_id]
+        assert len(children) == 4
+    # a report of the sweep overlays its runs and shows its table
+    proc = fedsilo("report", str(sweep_dir), "--out", str(tmp_path / "sweep.html"),
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    page = (tmp_path / "sweep.html").read_text()
+    assert "2 runs" in page and "final macro-F1" in page and rows[1]["run"] in page
+
+
+def _mlflow_runs(output_dir, experiment):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{output_dir / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], max_results=1000)
 
 
 def test_a_bad_grid_value_fails_before_any_run(tmp_path):
@@ -105,3 +135,85 @@ def test_a_bad_grid_value_fails_before_any_run(tmp_path):
     assert proc.returncode == 2
     assert "'strategy.name' must be one of" in proc.stderr and "fedmagic" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+class _Tables(__import__("html.parser").parser.HTMLParser):
+    """The cells of every table of a page, by table id; and every URL the page loads."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self.urls: list[str] = []
+        self._table = self._row = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "table":
+            self._table = self.tables.setdefault(a.get("id", ""), [])
+        elif tag == "tr" and self._table is not None:
+            self._row = []
+            self._table.append(self._row)
+        for key in ("src", "href"):
+            if key in a:
+                self.urls.append(a[key])
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._table = None
+
+    def handle_data(self, data):
+        if self._row is not None and data.strip():
+            self._row.append(data.strip())
+
+
+def test_tensorboard_mlflow_and_the_report_hold_the_runs_numbers(tmp_path, cache_dir):
+    from fedsilo.results.tracking import read_tensorboard
+
+    proc = fedsilo("run", str(CONFIGS / "smoke.toml"),
+                   *_sets(tmp_path, cache_dir, "output.mlflow=true"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = next((tmp_path / "runs").glob("smoke-*"))
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    # TensorBoard's own reader gives back exactly the rows' numbers, step = round
+    tb = read_tensorboard(run)
+    assert set(tb) == {"server", "bank-1", "bank-2", "hospital-1", "hospital-2"}
+    for tag, key in (("accuracy", "accuracy"), ("macro_f1", "macro_f1"), ("loss", "loss")):
+        assert [s for s, _ in tb["server"][tag]] == [1, 2, 3]
+        np.testing.assert_allclose([v for _, v in tb["server"][tag]],
+                                   [r["global"][key] for r in rows], rtol=1e-6)
+        for name in ("bank-1", "hospital-2"):
+            np.testing.assert_allclose([v for _, v in tb[name][tag]],
+                                       [r["institutions"][name][key] for r in rows], rtol=1e-6)
+    np.testing.assert_allclose([v for _, v in tb["server"]["bytes_up"]],
+                               [r["bytes_up"] for r in rows])
+    # MLflow: the run with its config as parameters, a child per institution, artifacts
+    import mlflow
+
+    runs = _mlflow_runs(tmp_path / "runs", "smoke")
+    parent = next(r for r in runs if r.data.tags["mlflow.runName"] == run.name)
+    assert parent.data.params["scenario.rounds"] == "3"
+    assert parent.data.params["strategy.name"] == "fedavg"
+    client = mlflow.MlflowClient()
+    history = client.get_metric_history(parent.info.run_id, "accuracy")
+    assert [m.step for m in history] == [r["round"] for r in rows]
+    assert [m.value for m in history] == pytest.approx([r["global"]["accuracy"] for r in rows])
+    children = {r.data.tags["mlflow.runName"]: r for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == {"bank-1", "bank-2", "hospital-1", "hospital-2"}
+    bank = client.get_metric_history(children["bank-1"].info.run_id, "accuracy")
+    assert [m.value for m in bank] == pytest.approx(
+        [r["institutions"]["bank-1"]["accuracy"] for r in rows])
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"summary.json", "metrics.jsonl", "config.toml", "head.npz"} <= artifacts
+    # the report: one page, nothing loaded from anywhere, the per-institution table
+    proc = fedsilo("report", str(run), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    page = _Tables()
+    page.feed((run / "report.html").read_text())
+    assert page.urls and all(u.startswith("data:image/png;base64,") for u in page.urls)
+    table = page.tables["institutions"]
+    summary = json.loads((run / "summary.json").read_text())
+    for name, v in summary["final"]["institutions"].items():
+        cells = next(r for r in table if r and r[0] == name)
+        assert cells[1:] == [v["kind"], str(v["test_examples"]), f"{v['accuracy']:.3f}",
+                             f"{v['macro_f1']:.3f}"]

@@ -53,9 +53,9 @@ def parse(line: str) -> tuple[str, object] | None:
 class RunRebuilder:
     """Writes a run directory from record lines, as they arrive."""
 
-    def __init__(self, run_dir: Path, plot: bool = True):
+    def __init__(self, run_dir: Path, plot: bool = True, tensorboard: bool = False):
         self.run_dir, self.plot = run_dir, plot
-        self.log = results.RunLog(run_dir)
+        self.log = results.RunLog(run_dir, tensorboard=tensorboard)
         self.summary: dict | None = None
         self._parts: dict[int, str] = {}
         self._of = 0

@@ -44,9 +44,11 @@ def submit(s: Scenario, superlink: str, ca: Path | None, cache_dir: Path,
            poll_s: float = 1.0, verbose: bool = False) -> Submitted:
     """Run ``s`` on the federation behind ``superlink``; RunFailed if it did not complete."""
     from fedsilo.privacy import check_scenario
+    from fedsilo.results.tracking import check_mlflow
 
     check_scenario(s)
     check_deployable(s)
+    check_mlflow(s)
     if ca is not None and not Path(ca).is_file():
         raise ConfigError(f"--ca: '{ca}' is not a file")
     s = s.replace(**{"output.stream": True, "output.run_dir": ""})
@@ -68,6 +70,9 @@ def submit(s: Scenario, superlink: str, ca: Path | None, cache_dir: Path,
             raise
         finally:
             client.close()
+    from fedsilo.results.tracking import track
+
+    track(rd.final, s)
     return Submitted(run_id, rd.final, rebuilt)
 
 
@@ -88,7 +93,7 @@ def _start(client, superlink: str, s: Scenario, cache_dir: Path) -> int:
 def _follow(client, run_id: int, run_dir: Path, s: Scenario, poll_s: float,
             verbose: bool) -> dict:
     """Show the log and rebuild the run directory until the run has finished."""
-    rebuilder = RunRebuilder(run_dir, plot=s.output.plot)
+    rebuilder = RunRebuilder(run_dir, plot=s.output.plot, tensorboard=s.output.tensorboard)
     after, pending = 0.0, ""
     while True:
         try:

@@ -273,9 +273,12 @@ class RunLog:
     baselines and deployed runs: ``metrics.jsonl`` (one row per round, appended as each
     round ends) and ``summary.json`` (written atomically at the end)."""
 
-    def __init__(self, run_dir: Path, fresh: bool = True):
+    def __init__(self, run_dir: Path, fresh: bool = True, tensorboard: bool = False):
+        from fedsilo.results.tracking import TensorBoard
+
         self.run_dir = run_dir
         self.rows: list[dict] = []
+        self.tb = TensorBoard(run_dir) if tensorboard else None
         if fresh:
             (run_dir / "metrics.jsonl").write_text("")
 
@@ -285,6 +288,8 @@ class RunLog:
             fh.write(json.dumps(row) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        if self.tb is not None:
+            self.tb.row(row)
 
     def keep_until(self, server_round: int) -> list[dict]:
         """A resumed run: the rows up to ``server_round`` (the checkpoint's), rewritten;
@@ -299,10 +304,19 @@ class RunLog:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        if self.tb is not None:  # the event files again, without the rounds undone
+            import shutil
+
+            self.tb.close()
+            shutil.rmtree(self.tb.dir, ignore_errors=True)
+            for row in self.rows:
+                self.tb.row(row)
         return self.rows
 
     def finish(self, summary: dict, plot: bool) -> dict:
         """Write ``summary`` (see ``summarise``) and, with ``plot``, accuracy.png."""
+        if self.tb is not None:
+            self.tb.close()
         write_json(self.run_dir / "summary.json", summary)
         if plot:
             plot_accuracy(self.run_dir, self.rows)
