@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)          ## the default scenario (3 banks, 2 hospitals, offline MiniLM)
 	$(VENV)/bin/fedsilo run $(ARGS)
 
-test: $(STAMP)         ## lint, then the whole test suite, Ray simulations included
+test: $(STAMP)         ## lint, then the whole test suite, Ray simulations included (2 workers)
 	$(VENV)/bin/ruff check src server clients strategies tests benchmarks tools
-	$(VENV)/bin/python -m pytest -q $(ARGS)
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile $(ARGS)
 
 test-fast: $(STAMP)    ## lint, then the tests that start no process (seconds): the inner loop
 	$(VENV)/bin/ruff check src server clients strategies tests benchmarks tools

@@ -87,3 +87,20 @@ def gaussian_epsilon(z: float, rounds: int, delta: float) -> float:
     acc = _rdp_accountant()
     acc.compose(dp_accounting.GaussianDpEvent(z), rounds)
     return acc.get_epsilon(delta)
+
+
+def leftovers_of(*owners: int) -> list[str]:
+    """Processes still running that a `fedsilo` command with one of these pids started
+    (every process of a run carries its owner's pid in FEDSILO_RUN_OWNER): none may outlive
+    it. Precise when other tests run at the same time."""
+    import psutil
+
+    wanted = {str(pid) for pid in owners}
+    found = []
+    for p in psutil.process_iter(["name", "cmdline"]):
+        try:
+            if p.environ().get("FEDSILO_RUN_OWNER") in wanted and p.status() != "zombie":
+                found.append(" ".join([p.info["name"] or "", *(p.info["cmdline"] or [])])[:120])
+        except psutil.Error:
+            pass
+    return found

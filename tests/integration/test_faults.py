@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from tests.conftest import CONFIGS
-from tests.integration.test_simulation import _leftovers
+from tests.helpers import leftovers_of
 
 pytestmark = pytest.mark.slow
 VOLATILE = ("wall_time_s", "elapsed_s", "timing")
@@ -58,12 +58,16 @@ def _same_run(a: Path, b: Path) -> None:
 
 
 def _wait_for_rows(runs: Path, n: int, proc: subprocess.Popen, timeout: float = 300) -> Path:
+    """The live run directory, once the checkpoint of round ``n`` is committed."""
     end = time.monotonic() + timeout
     while time.monotonic() < end and proc.poll() is None:
         for run in runs.glob("*.incomplete") if runs.exists() else []:
-            metrics = run / "metrics.jsonl"
-            if metrics.is_file() and len(metrics.read_text().splitlines()) >= n:
-                return run
+            state = run / "checkpoint" / "state.json"
+            try:
+                if json.loads(state.read_text())["round"] >= n:
+                    return run
+            except (OSError, ValueError, KeyError):
+                pass
         time.sleep(0.05)
     raise AssertionError(f"no run reached {n} rounds (exit {proc.poll()})")
 
@@ -75,7 +79,6 @@ def _finished(runs: Path) -> list[Path]:
 def _kill_and_resume(tmp_path: Path, cache_dir: Path, sets: tuple, after: int) -> Path:
     """Start a run, kill -9 its whole process group once ``after`` rounds are recorded,
     resume it; the finished run directory."""
-    started = time.time() - 1
     runs = tmp_path / "killed" / "runs"
     proc = subprocess.Popen(_cmd(tmp_path / "killed", cache_dir, *sets), cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -88,7 +91,7 @@ def _kill_and_resume(tmp_path: Path, cache_dir: Path, sets: tuple, after: int) -
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming after round {after} of " in resumed.stdout
     time.sleep(0.5)
-    assert _leftovers(started) == [], "processes of the killed run outlived the resume"
+    assert leftovers_of(proc.pid) == [], "processes of the killed run outlived the resume"
     done = _finished(runs)[0]
     assert json.loads((done / "summary.json").read_text())["resumed_from_round"] == after
     return done
@@ -128,7 +131,6 @@ def test_kill_9_then_resume_ends_where_the_uninterrupted_run_ends(tmp_path, cach
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_stops_the_run_within_seconds_and_it_can_be_resumed(tmp_path, cache_dir,
                                                                      sig, code):
-    started = time.time() - 1
     proc = subprocess.Popen(_cmd(tmp_path, cache_dir, "scenario.rounds=200"), cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_rows(tmp_path / "runs", 1, proc)
@@ -143,7 +145,7 @@ def test_a_signal_stops_the_run_within_seconds_and_it_can_be_resumed(tmp_path, c
         f"fedsilo: interrupted by {signal.Signals(sig).name}; continue it with: fedsilo "
         f"resume {run.relative_to(tmp_path)}")
     time.sleep(0.5)
-    assert _leftovers(started) == []
+    assert leftovers_of(proc.pid) == []
     # a resume that would change the scenario is refused, naming the key
     changed = _fedsilo("resume", str(run), "--set", "scenario.rounds=3", cwd=tmp_path)
     assert changed.returncode == 2

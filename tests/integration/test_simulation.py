@@ -13,43 +13,37 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 
 from fedsilo.results import read_checkpoint
 from tests.conftest import CONFIGS
+from tests.helpers import leftovers_of
 
 RAY_OR_FLOWER = ("raylet", "gcs_server", "plasma_store", "flower-superlink", "ray::",
                  "default_worker.py", "dashboard", "log_monitor.py", "monitor.py")
 pytestmark = pytest.mark.slow
 
 
-def _leftovers(since: float) -> list[str]:
-    found = []
-    for p in psutil.process_iter(["name", "cmdline", "create_time"]):
-        try:
-            if p.info["create_time"] < since:
-                continue
-            text = " ".join([p.info["name"] or ""] + (p.info["cmdline"] or []))
-        except psutil.Error:
-            continue
-        if any(tag in text for tag in RAY_OR_FLOWER):
-            found.append(text[:120])
-    return found
-
-
 def fedsilo(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fedsilo.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+    """Run the command to its end; the result carries its ``pid`` (for leftovers_of)."""
+    proc = subprocess.Popen([sys.executable, "-m", "fedsilo.cli", *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    done.pid = proc.pid
+    return done
 
 
 def run_scenario(tmp_path: Path, cache_dir: Path, config: str, *sets: str):
-    started = time.time() - 1
     proc = fedsilo("run", str(CONFIGS / config), "--set", f"output.dir={tmp_path / 'runs'}",
                    "--set", f"simulation.cache_dir={cache_dir}",
                    *[x for s in sets for x in ("--set", s)], cwd=tmp_path)
     time.sleep(0.5)
-    assert _leftovers(started) == [], "Ray or Flower processes outlived `fedsilo run`"
+    assert leftovers_of(proc.pid) == [], "Ray or Flower processes outlived `fedsilo run`"
     runs = sorted((tmp_path / "runs").iterdir()) if (tmp_path / "runs").exists() else []
     return proc, runs
 
