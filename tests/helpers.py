@@ -59,6 +59,9 @@ class LinearHead(torch.nn.Module):
     def logits(self, batch):
         return self.head(batch.pooled)
 
+    def forward(self, batch):
+        return self.logits(batch)
+
 
 def _rdp_accountant():
     import dp_accounting  # noqa: F401 - Google's accountant, a separate implementation

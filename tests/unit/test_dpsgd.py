@@ -77,3 +77,62 @@ def test_every_examples_gradient_is_clipped():
         assert update <= c + 1e-6
         if n == 1:
             assert update == pytest.approx(c, rel=1e-4) and float(raw) > 1.0
+
+
+@pytest.mark.parametrize("scope", ["head", "top-k", "lora"])
+def test_the_batched_clipped_sum_equals_the_one_by_one_reference(scope, tmp_path_factory):
+    """One backward pass for the batch gives every example's clipped gradient, summed, as
+    one backward pass per example does (dropout off so both see the same network)."""
+    import copy
+
+    from fedsilo.config import ModelSection
+    from fedsilo.models import backbone as bb
+    from fedsilo.models.scoped import Batch, ScopedModel
+
+    ref = bb.resolve("tiny", str(tmp_path_factory.getbasetemp() / "tiny-cache"))
+    tokenizer, backbone = bb.load(ref.location)
+    model = ScopedModel(copy.deepcopy(backbone), tokenizer,
+                        ModelSection(scope=scope, top_k=1, dropout=0.0, lora_dropout=0.0),
+                        num_labels=5, seed=0)
+    for module in model.modules():  # BERT's own dropout too: both passes see one network
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    model.train_mode()
+    params = list(model.trainable().values())
+    texts = [f"my card {i} was {'stolen' if i % 2 else 'blocked'} at the branch"
+             for i in range(9)]
+    batch = Batch(texts=texts)
+    y = torch.tensor([i % 5 for i in range(9)])
+    for c in (1e-3, 0.5, 1e3):  # all clipped, some, none
+        want, want_losses = dpsgd.clipped_sum_loop(model, params, batch, y, c)
+        with dpsgd.per_example_gradients(model) as clipped_sum:
+            got, losses = clipped_sum(model, params, batch, y, c)
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+        assert losses == pytest.approx(want_losses, rel=1e-5)
+    assert all(getattr(p, "grad_sample", None) is None for p in params)  # hooks gone
+    logits = model.logits(batch)  # the model works as before outside the block
+    assert logits.shape == (9, 5)
+
+
+def test_dropout_draws_a_mask_per_example_in_the_batched_pass():
+    """Two identical examples in one batch get different dropout masks, so different
+    per-example gradients (one mask for the whole batch would make them equal)."""
+    torch.manual_seed(0)
+    model = LinearHead(50, 3)
+    model.drop = torch.nn.Dropout(0.5)
+    model.logits = lambda batch: model.head(model.drop(batch.pooled))
+    model.forward = model.logits
+    model.train()
+    params = list(model.trainable().values())
+    from fedsilo.models.scoped import Batch
+
+    x = torch.ones(2, 50)
+    with dpsgd.per_example_gradients(model) as clipped_sum:
+        logits = model(Batch(pooled=x))
+        per = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 0]),
+                                                reduction="none")
+        per.sum().backward()
+        g = params[0].grad_sample
+        assert not torch.allclose(g[0], g[1])
+    del clipped_sum

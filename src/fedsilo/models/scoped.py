@@ -131,6 +131,10 @@ class ScopedModel(nn.Module):
                                   self._layers()[:self.n_frozen])
         return Batch(hidden=hidden.float().cpu(), mask=tok["attention_mask"].cpu())
 
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """The logits (so that hooks on the module, such as DP-SGD's, see the pass)."""
+        return self.logits(batch)
+
     def logits(self, batch: Batch) -> torch.Tensor:
         device = next(self.parameters()).device
         if batch.texts is not None and self.scope in ("lora", "full"):

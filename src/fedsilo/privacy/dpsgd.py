@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,8 +102,12 @@ def plan(p: PrivacySection, t: TrainSection, n: int, rounds: int) -> DPPlan:
 
 
 def dp_train(model, source, labels: np.ndarray, t: TrainSection, dp: DPPlan, seed: int,
-             device: torch.device) -> tuple[float, int]:
-    """One round of DP-SGD on ``model``'s trainable scope; returns (mean loss, steps)."""
+             device: torch.device, clipped_sum=None) -> tuple[float, int]:
+    """One round of DP-SGD on ``model``'s trainable scope; returns (mean loss, steps).
+
+    Each step's per-example gradients come from one batched backward pass
+    (``clipped_sum_batched``; ``clipped_sum_loop`` is the one-example-at-a-time
+    reference)."""
     model.to(device)
     model.train_mode()
     named = model.trainable()
@@ -113,24 +118,108 @@ def dp_train(model, source, labels: np.ndarray, t: TrainSection, dp: DPPlan, see
     torch.manual_seed(seed)
     n = len(source)
     y_all = torch.as_tensor(labels, dtype=torch.long)
-    losses = []
-    for _ in range(dp.steps_per_round):
-        idx = np.flatnonzero(rng.random(n) < dp.sampling_rate)
-        summed = [torch.zeros_like(p) for p in params]
-        for i in idx:  # per-example gradients, each clipped to max_grad_norm
-            loss = nn.functional.cross_entropy(model.logits(source.rows(np.array([i]))),
-                                               y_all[i:i + 1].to(device))
-            grads = torch.autograd.grad(loss, params)
-            norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads))
-            scale = min(1.0, dp.max_grad_norm / (float(norm) + 1e-12))
-            for s, g in zip(summed, grads, strict=True):
-                s.add_(g, alpha=scale)
-            losses.append(float(loss.detach()))
-        expected = dp.sampling_rate * n
-        for p, s in zip(params, summed, strict=True):
-            noise = torch.normal(0.0, dp.noise_multiplier * dp.max_grad_norm, size=p.shape,
-                                 generator=gen).to(device)
-            p.grad = (s + noise) / expected
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    losses: list[float] = []
+    with per_example_gradients(model) as batched:
+        clip = clipped_sum or batched
+        for _ in range(dp.steps_per_round):
+            idx = np.flatnonzero(rng.random(n) < dp.sampling_rate)
+            if len(idx):
+                summed, step_losses = clip(model, params, source.rows(idx),
+                                           y_all[torch.as_tensor(idx)].to(device),
+                                           dp.max_grad_norm)
+                losses.extend(step_losses)
+            else:
+                summed = [torch.zeros_like(p) for p in params]
+            expected = dp.sampling_rate * n
+            for p, s in zip(params, summed, strict=True):
+                noise = torch.normal(0.0, dp.noise_multiplier * dp.max_grad_norm,
+                                     size=p.shape, generator=gen).to(device)
+                p.grad = (s + noise) / expected
+            opt.step()
+            opt.zero_grad(set_to_none=True)
     return (float(np.mean(losses)) if losses else math.nan), dp.steps_per_round
+
+
+class per_example_gradients:  # noqa: N801 - a context manager, used as a function
+    """Within the block, ``model`` records each example's gradient in one backward pass
+    (Opacus' GradSampleModule hooks); the block yields the clipping function that uses
+    them. Hooks and per-example gradients are removed on leaving. Dropout, where the scope
+    trains with it, draws an independent mask for every example, as it does one example
+    at a time."""
+
+    def __init__(self, model):
+        self.model = model
+        self.gsm = None
+
+    def __enter__(self):
+        GradSampleModule = _opacus_grad_sample()  # noqa: N806 - Opacus' class
+        self.gsm = GradSampleModule(self.model, batch_first=True, loss_reduction="sum")
+        return self.clipped_sum
+
+    def __exit__(self, *exc) -> None:
+        self.gsm._close()
+        for p in self.model.parameters():
+            p.grad_sample = None
+
+    def clipped_sum(self, model, params, batch, y: torch.Tensor, max_norm: float):
+        return clipped_sum_batched(self.gsm, params, batch, y, max_norm)
+
+
+def clipped_sum_batched(gsm, params, batch, y: torch.Tensor, max_norm: float
+                        ) -> tuple[list[torch.Tensor], list[float]]:
+    """The sum over the batch of each example's gradient clipped to L2 norm
+    ``max_norm`` (over all trainable arrays), from one forward and backward pass; and
+    the examples' losses."""
+    per = nn.functional.cross_entropy(gsm(batch), y, reduction="none")
+    with warnings.catch_warnings():  # the frozen encoder's inputs need no gradient: fine
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        per.sum().backward()
+    grads = [p.grad_sample for p in params]
+    b = per.shape[0]
+    norms = torch.sqrt(sum((g.reshape(b, -1).float() ** 2).sum(1) for g in grads))
+    factor = torch.clamp(max_norm / (norms + 1e-12), max=1.0)
+    summed = [torch.einsum("b,b...->...", factor.to(g.dtype), g) for g in grads]
+    for p in params:
+        p.grad_sample = None
+        p.grad = None
+    return summed, per.detach().tolist()
+
+
+def clipped_sum_loop(model, params, batch_rows, y: torch.Tensor, max_norm: float
+                     ) -> tuple[list[torch.Tensor], list[float]]:
+    """The reference: one example at a time (a backward pass each)."""
+    from fedsilo.models.scoped import Batch
+
+    summed = [torch.zeros_like(p) for p in params]
+    losses = []
+    for i in range(len(y)):
+        row = _row(batch_rows, i, Batch)
+        loss = nn.functional.cross_entropy(model.logits(row), y[i:i + 1])
+        grads = torch.autograd.grad(loss, params)
+        norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads))
+        scale = min(1.0, max_norm / (float(norm) + 1e-12))
+        for s, g in zip(summed, grads, strict=True):
+            s.add_(g, alpha=scale)
+        losses.append(float(loss.detach()))
+    return summed, losses
+
+
+def _row(batch, i: int, cls):
+    """Example ``i`` of a batch, as a batch of one."""
+    if batch.texts is not None:
+        return cls(texts=[batch.texts[i]])
+    if batch.pooled is not None:
+        return cls(pooled=batch.pooled[i:i + 1])
+    return cls(hidden=batch.hidden[i:i + 1], mask=batch.mask[i:i + 1])
+
+
+@functools.lru_cache(maxsize=1)
+def _opacus_grad_sample():
+    """Opacus' GradSampleModule (its import adds a root log handler: removed again)."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    from opacus import GradSampleModule
+
+    for handler in [h for h in root.handlers if h not in before]:
+        root.removeHandler(handler)
+    return GradSampleModule
