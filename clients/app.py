@@ -69,6 +69,11 @@ def train(msg: Message, context: Context) -> Message:
     silo = _silo(context)
     settings = msg.content[protocol.CONFIG]
     server_round = int(settings[protocol.SERVER_ROUND])
+    evaluated = None
+    if settings.get(protocol.EVALUATE_FIRST, False):  # the previous round's global model
+        with failing_as(silo.name, silo.institution.kind,
+                        f"evaluation (round {server_round - 1})"):
+            evaluated = run_evaluation(silo, from_record(msg.content[protocol.ARRAYS]))
     with failing_as(silo.name, silo.institution.kind, f"training (round {server_round})"):
         ins = Instruction(
             server_round=server_round,
@@ -87,6 +92,8 @@ def train(msg: Message, context: Context) -> Message:
     if reply.scaffold_delta_c is not None:
         records[protocol.SCAFFOLD_DELTA_C] = to_record(reply.scaffold_delta_c, np.float32)
     records[protocol.METRICS] = MetricRecord(_with_node(reply.metrics))
+    if evaluated is not None:
+        records[protocol.EVALUATION] = MetricRecord(_with_node(evaluated))
     return Message(records, reply_to=msg)
 
 

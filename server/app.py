@@ -24,6 +24,7 @@ from fedsilo.models import backbone as bb
 from fedsilo.models.scoped import ScopedModel
 from fedsilo.privacy import check_scenario
 from fedsilo.protocol import RUN_KEY
+from server import fused
 from server.handshake import handshake
 from server.record import RunRecorder, TargetReached, _say, restore_random_states
 from server.transport import FastGrid, exchange
@@ -110,19 +111,54 @@ def run(grid: Grid, s: config.Scenario, run_dir: Path) -> None:
 def run_rounds(grid: Grid, strategy: Tracked, recorder: RunRecorder, arrays: ArrayRecord,
                s: config.Scenario, first: int, run_key: str) -> ArrayRecord:
     """Rounds ``first``..N: train the sampled institutions and aggregate, evaluate,
-    record. ``run_key`` names the run to the nodes (where they keep their memory)."""
+    record. ``run_key`` names the run to the nodes (where they keep their memory).
+
+    With evaluation riding on training (server/fused.py), round r's messages also evaluate
+    round r-1's global arrays, so round r-1 is recorded once round r's replies are in; the
+    last round gets an evaluation of its own."""
     timeout = s.strategy.round_timeout_s
     key = run_key.removesuffix(results.INCOMPLETE).removesuffix(results.FAILED)
+    pending = None  # with evaluation riding on training: the round awaiting its evaluation
     for r in range(first, s.scenario.rounds + 1):
-        msgs = list(strategy.configure_train(r, arrays, ConfigRecord({RUN_KEY: key}), grid))
+        try:
+            msgs = list(strategy.configure_train(r, arrays, ConfigRecord({RUN_KEY: key}),
+                                                 grid))
+        except PrivacyBudgetSpent:
+            if pending is not None:
+                evaluate_round(grid, strategy, recorder, arrays, pending, timeout)
+            raise
         recorder.on_round_start(r, len(msgs))
-        new, _ = strategy.aggregate_train(r, exchange(grid, msgs, timeout))
+        riders: dict = {}
+        if pending is not None:
+            evals = strategy.configure_evaluate(
+                pending, arrays, ConfigRecord(), grid,
+                riding={m.metadata.dst_node_id for m in msgs})
+            msgs, riders = fused.fuse(msgs, list(evals))
+        replies = exchange(grid, msgs, timeout)
+        if pending is not None:
+            replies, evaluated = fused.split(replies, riders)
+            strategy.stop_if_training_failed(r, replies)
+            strategy.aggregate_evaluate(pending, evaluated)
+            recorder.on_round_end(pending, arrays)
+        new, _ = strategy.aggregate_train(r, replies)
         if new is not None:
             arrays = new
-        msgs = strategy.configure_evaluate(r, arrays, ConfigRecord(), grid)
-        strategy.aggregate_evaluate(r, exchange(grid, msgs, timeout))
-        recorder.on_round_end(r, arrays)
+        if fused.fuses(s):
+            pending = r
+        else:
+            evaluate_round(grid, strategy, recorder, arrays, r, timeout)
+    if pending is not None:
+        evaluate_round(grid, strategy, recorder, arrays, pending, timeout)
     return arrays
+
+
+def evaluate_round(grid: Grid, strategy: Tracked, recorder: RunRecorder,
+                   arrays: ArrayRecord, server_round: int, timeout: float) -> None:
+    """Evaluate round ``server_round``'s global ``arrays`` with evaluate messages, and
+    record the round."""
+    msgs = strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
+    strategy.aggregate_evaluate(server_round, exchange(grid, msgs, timeout))
+    recorder.on_round_end(server_round, arrays)
 
 
 def initial_arrays(s: config.Scenario, num_labels: int) -> ArrayRecord:

@@ -72,10 +72,13 @@ class RoundLedger:
         return sorted(replies, key=lambda m: (self.name_of(m.metadata.src_node_id),
                                               m.metadata.src_node_id))
 
-    def sending(self, server_round: int, stage: str, msgs: list[Message]) -> None:
-        """Note who is asked in this stage and the bytes that go down."""
+    def sending(self, server_round: int, stage: str, msgs: list[Message],
+                riding: frozenset[int] = frozenset()) -> None:
+        """Note who is asked in this stage and the bytes that go down (none for the
+        evaluations of the nodes in ``riding``: they ride on a training message)."""
         self.sent[(server_round, stage)] = [m.metadata.dst_node_id for m in msgs]
-        down = sum(nbytes(a) for m in msgs for a in m.content.array_records.values())
+        down = sum(nbytes(a) for m in msgs if m.metadata.dst_node_id not in riding
+                   for a in m.content.array_records.values())
         self.bytes_down[server_round] = self.bytes_down.get(server_round, 0) + down
 
     def check(self, server_round: int, stage: str, replies: list[Message],

@@ -57,10 +57,12 @@ class Tracked(Strategy):
         return self._sending(server_round, "training", msgs)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+                           grid: Grid, riding: Iterable[int] = ()) -> Iterable[Message]:
+        """``riding``: the nodes whose evaluation will ride on a training message (no
+        arrays go down for it)."""
         self._seed_sampling(server_round, "evaluation")
         msgs = self.inner.configure_evaluate(server_round, arrays, config, grid)
-        return self._sending(server_round, "evaluation", msgs)
+        return self._sending(server_round, "evaluation", msgs, frozenset(riding))
 
     def _seed_sampling(self, server_round: int, stage: str) -> None:
         """Flower samples institutions with Python's global ``random``, which other
@@ -69,9 +71,10 @@ class Tracked(Strategy):
         sampled in every run, resumed or not."""
         random.seed(f"{self.seed}:{server_round}:{stage}")
 
-    def _sending(self, server_round: int, stage: str, msgs: Iterable[Message]) -> list[Message]:
+    def _sending(self, server_round: int, stage: str, msgs: Iterable[Message],
+                 riding: frozenset[int] = frozenset()) -> list[Message]:
         msgs = list(msgs)
-        self.ledger.sending(server_round, stage, msgs)
+        self.ledger.sending(server_round, stage, msgs, riding)
         self.ledger.phase_start[(server_round, stage)] = time.perf_counter()
         return msgs
 
@@ -91,6 +94,13 @@ class Tracked(Strategy):
             arrays = _as_dtypes(arrays, self._sent_dtypes)
         self._aggregated(server_round, "training")
         return arrays, metrics
+
+    def stop_if_training_failed(self, server_round: int, replies: list[Message]) -> None:
+        """With ``strategy.on_failure = 'stop'``: ClientFailure naming who failed training
+        round ``server_round``, before anything of the round is recorded (a failed message
+        that also carried an evaluation is a training failure first)."""
+        if self.skip_below is None and not self.tolerates_dropouts:
+            self.ledger.check(server_round, "training", self.ledger.in_order(list(replies)))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:

@@ -146,17 +146,45 @@ class LocalCluster:
         self.env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
         self.env.pop("RAY_ADDRESS", None)
         self.address = ""
+        self._taken: set[int] = set()  # every port given to a node so far
+
+    def _port(self) -> int:
+        """A free port that no node of this cluster was given (nor a worker range)."""
+        from fedsilo.deploy.loopback import free_port
+
+        while True:
+            port = free_port()
+            if port not in self._taken:
+                self._taken.add(port)
+                return port
+
+    def _worker_ports(self, n: int = 61) -> int:
+        """The first of ``n`` consecutive free ports, none given to a node before."""
+        import socket
+
+        for _ in range(100):
+            base = self._port()
+            span = range(base, base + n)
+            if span.stop > 65535 or self._taken & set(span[1:]):
+                continue
+            try:
+                for port in span[1:]:
+                    with socket.socket() as sock:
+                        sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            self._taken.update(span)
+            return base
+        raise RuntimeError(f"no {n} consecutive free ports for Ray's workers")
 
     def __enter__(self) -> LocalCluster:
         import time
 
-        from fedsilo.deploy.loopback import free_port
-
         try:
-            port = free_port()
+            port = self._port()
             self.address = f"127.0.0.1:{port}"
             self._start(["--head", "--port", str(port), "--include-dashboard=false",
-                         "--ray-client-server-port", str(free_port())], "n0")
+                         "--ray-client-server-port", str(self._port())], "n0")
             for i in range(1, self.nodes):
                 self._start(["--address", self.address], f"n{i}")
             end = time.monotonic() + 60
@@ -175,16 +203,14 @@ class LocalCluster:
     def _start(self, args: list[str], name: str) -> None:
         import subprocess
 
-        from fedsilo.deploy.loopback import free_port
-
-        p = [free_port() for _ in range(7)]
+        p = [self._port() for _ in range(6)] + [self._worker_ports()]
         cmd = [str(_ray_cli()), "start", *args, "--num-cpus", str(self.cpus),
                "--disable-usage-stats", "--temp-dir", f"{self.root}/{name}",
                "--node-manager-port", str(p[0]), "--object-manager-port", str(p[1]),
                "--runtime-env-agent-port", str(p[2]), "--dashboard-agent-listen-port",
                str(p[3]), "--dashboard-agent-grpc-port", str(p[4]), "--metrics-export-port",
                str(p[5]), "--min-worker-port", str(p[6]), "--max-worker-port",
-               str(p[6] + 60)]
+               str(p[6] + 60)]  # 61 ports, none of them given to anything else
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=self.env)
         if out.returncode != 0:
             raise RuntimeError(f"ray start failed: {out.stderr.strip()[-500:]}")

@@ -158,6 +158,12 @@ class StrategySection:
                            choices=("stop", "skip"))
     min_replies: int = _opt(2, "with on_failure = 'skip': fewest replies a round needs to go "
                             "on (below it the run stops naming who failed)", low=1)
+    evaluation: str = _opt("with-training", "'with-training': the message that trains round "
+                           "r also evaluates round r-1's global model (one message per "
+                           "institution per round, a last evaluation after the final round); "
+                           "'separate': an evaluate message after each round's training "
+                           "(always, with SecAgg+ or scenario.target_accuracy)",
+                           choices=("with-training", "separate"))
 
 
 @dataclass(frozen=True)

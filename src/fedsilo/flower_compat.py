@@ -99,6 +99,23 @@ def run_simulation_by_reference(run_config: dict[str, Any], num_supernodes: int,
                     run=run, verbose_logging=verbose, is_app=True)
 
 
+def init_ray_as_flower(init_args: dict[str, Any]) -> None:
+    """Start Ray exactly as Flower's Ray backend would (``RayBackend.init_ray``: the
+    driver's sys.path as the workers' PYTHONPATH, no dashboard), so that the backend, which
+    only starts Ray when none is up, finds it running."""
+    import os
+    import sys
+
+    import ray
+
+    pythonpath = os.pathsep.join(sys.path)
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    os.environ["PYTHONPATH"] = pythonpath
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+             **{"include_dashboard": False, **init_args})
+
+
 def lazy_internals() -> list[object]:
     """The internals imported only when used (Ray, the Control API): for the compat test."""
     from flwr.cli.build import build_fab_from_disk
@@ -139,8 +156,12 @@ def lazy_internals() -> list[object]:
     assert "time.sleep(" in __import__("inspect").getsource(
         start_client_internal.start_client_internal), "the SuperNode no longer polls"
     import ray._private.utils as ray_utils
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 
     assert callable(ray_utils.set_sigterm_handler)
+    init_ray = __import__("inspect").getsource(RayBackend.init_ray)
+    assert "if not ray.is_initialized():" in init_ray, "Flower's backend starts its own Ray"
+    assert '"PYTHONPATH": pythonpath' in init_ray, "Flower starts Ray another way"
     return [AcquireTaskRequest, TaskType.CLIENT_APP, HeartbeatSender,
             make_task_heartbeat_fn_http, RuntimeTokenHttpInterceptor,
             RuntimeVersionHttpInterceptor, RuntimeHttpClient, start_client_internal.time,

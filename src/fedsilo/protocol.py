@@ -13,6 +13,7 @@ from __future__ import annotations
 ARRAYS = "arrays"  # the shared arrays (down: the global ones; up: the trained ones)
 CONFIG = "config"  # per-round settings from the server
 METRICS = "metrics"  # what a node reports about its training or evaluation
+EVALUATION = "evaluation"  # in a training reply: the evaluation asked by EVALUATE_FIRST
 INFO = "info"  # the handshake's answer
 SCAFFOLD_CONTROL = "scaffold-c"  # down: SCAFFOLD's server control variate c
 SCAFFOLD_DELTA_C = "scaffold-dc"  # up: c_i+ - c_i
@@ -23,6 +24,9 @@ SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"  # FedProx
 CLIPPING_NORM = "clipping_norm"  # institution-level DP with clipping on the node
 RUN_KEY = "fedsilo-run"  # the run's name, the same when it is resumed (fedsilo's own)
+# a training message that also asks for the evaluation of the arrays it carries (the
+# previous round's global model) before training (strategy.evaluation = 'with-training')
+EVALUATE_FIRST = "fedsilo-evaluate"
 
 # -- the handshake -------------------------------------------------------------------------
 # only what the server needs: who the node is and how many examples it holds

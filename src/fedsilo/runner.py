@@ -15,7 +15,9 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
+import traceback
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,12 +137,28 @@ def scratch_env(cache_dir: Path) -> dict[str, str]:
     return env
 
 
+_RAY_TMP_PREFIX, _RAY_TMP_OWNER = "fedsilo-ray-", "owner.pid"
+
+
 def ray_temp_dir(cache_dir: Path) -> tuple[Path, bool]:
     """(Ray's temp dir, whether to delete it afterwards)."""
     preferred = cache_dir / "ray"
     if len(str(preferred)) + _RAY_SOCKET_SUFFIX < 107:
         return preferred, False
-    return Path(tempfile.mkdtemp(prefix="fedsilo-ray-")), True
+    tmp = Path(tempfile.mkdtemp(prefix=_RAY_TMP_PREFIX))
+    (tmp / _RAY_TMP_OWNER).write_text(str(os.getpid()))
+    return tmp, True
+
+
+def _remove_orphaned_ray_dirs() -> None:
+    """Temporary Ray directories of runs whose owner died (kill -9 leaves them)."""
+    import psutil
+
+    for tmp in Path(tempfile.gettempdir()).glob(f"{_RAY_TMP_PREFIX}*"):
+        with contextlib.suppress(OSError, ValueError):
+            owner = int((tmp / _RAY_TMP_OWNER).read_text())
+            if owner != os.getpid() and not psutil.pid_exists(owner):
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_app_dir(cache_dir: Path) -> Path:
@@ -210,8 +228,10 @@ def _ours(token: str) -> list:
     return found
 
 
-def kill_leftovers(token: str, timeout: float = 10.0) -> list[str]:
-    """Stop every process this run started, and wait until they are gone."""
+def kill_leftovers(token: str, grace: float = 0.3, timeout: float = 10.0) -> list[str]:
+    """Stop every process this run started, and wait until they are gone. They get
+    ``grace`` seconds to exit on SIGTERM (Ray's idle workers take seconds to tear down,
+    and by now the run has written everything it keeps), then SIGKILL."""
     import psutil
 
     names: list[str] = []
@@ -223,7 +243,7 @@ def kill_leftovers(token: str, timeout: float = 10.0) -> list[str]:
             with contextlib.suppress(psutil.Error):
                 names.append(p.name())
                 p.terminate()
-        _, alive = psutil.wait_procs(procs, timeout=timeout)
+        _, alive = psutil.wait_procs(procs, timeout=grace)
         for p in alive:
             with contextlib.suppress(psutil.Error):
                 p.kill()
@@ -236,16 +256,17 @@ def simulate(s: Scenario, verbose: bool = False, mlflow_parent: str | None = Non
     """Run scenario ``s`` to the end; raise ConfigError, RunFailed or Interrupted.
     ``mlflow_parent``: the MLflow run this one belongs under (a sweep's)."""
     t0 = time.time()
-    fed, _ref, device = preflight(s)
-    results.check_writable(s)
-    nodes = connect_ray(s, verbose)
+    procs = RunProcesses(s, verbose)  # Ray starts while the inputs are checked
     try:
+        fed, _ref, device = preflight(s)
+        results.check_writable(s)
+        nodes = connect_ray(s, verbose)
         run_dir = results.new_run_dir(s).resolve()
     except BaseException:
-        _disconnect()
+        procs.stop()
         raise
     s = shared_facts(s, fed).replace(**{"output.run_dir": str(run_dir)})
-    return _simulate_in(run_dir, s, fed, device, t0, verbose, nodes, mlflow_parent)
+    return _simulate_in(run_dir, s, fed, device, t0, verbose, nodes, procs, mlflow_parent)
 
 
 def resume(run_dir: Path, overrides: list[str] | None = None,
@@ -270,17 +291,18 @@ def resume(run_dir: Path, overrides: list[str] | None = None,
     if changed:
         raise ConfigError(f"resume: the scenario would change ({', '.join(changed)}); a "
                           f"resumed run continues the same scenario")
-    fed, _ref, device = preflight(saved)
-    results.check_writable(saved)
-    nodes = connect_ray(saved, verbose)
+    procs = RunProcesses(saved, verbose)
     try:
+        fed, _ref, device = preflight(saved)
+        results.check_writable(saved)
+        nodes = connect_ray(saved, verbose)
         live = results.reopen_run_dir(run_dir.resolve())
     except BaseException:
-        _disconnect()
+        procs.stop()
         raise
     s = shared_facts(saved, fed).replace(**{"output.run_dir": str(live),
                                             "output.resume": True})
-    return _simulate_in(live, s, fed, device, t0, verbose, nodes)
+    return _simulate_in(live, s, fed, device, t0, verbose, nodes, procs)
 
 
 def connect_ray(s: Scenario, verbose: bool) -> list[dict] | None:
@@ -300,34 +322,88 @@ def connect_ray(s: Scenario, verbose: bool) -> list[dict] | None:
         return attach(s, pythonpath, verbose)
 
 
-def _disconnect() -> None:
-    with contextlib.suppress(Exception):
-        import ray
+class RunProcesses:
+    """The processes of one run: every one of them inherits the run's token (so that
+    all are found and stopped afterwards, whatever happened), and a private Ray instance
+    is started at once, in the background, while the command checks its inputs (Flower's
+    Ray backend uses a Ray that is already up)."""
 
-        if ray.is_initialized():
-            ray.shutdown()
+    def __init__(self, s: Scenario, verbose: bool):
+        self.cache_dir = Path(s.simulation.cache_dir).resolve()
+        os.environ.update(scratch_env(self.cache_dir))
+        kill_orphans()
+        self.token = os.environ[RUN_TOKEN] = uuid.uuid4().hex
+        os.environ[RUN_OWNER] = str(os.getpid())
+        self.ray_tmp, self.ray_tmp_is_temporary = ray_temp_dir(self.cache_dir)
+        self.handler = None
+        self._error: BaseException | None = None
+        self._thread = None
+        self._up, self._done = threading.Event(), threading.Event()
+        if not s.simulation.ray_address:
+            self._thread = threading.Thread(target=self._start_ray, name="fedsilo-ray-start",
+                                            args=(ray_init_args(s, self.ray_tmp, verbose),),
+                                            daemon=True)
+            self._thread.start()
+
+    def _start_ray(self, init_args: dict) -> None:
+        from fedsilo.cluster import private_instance
+        from fedsilo.flower_compat import init_ray_as_flower, keep_sigterm_handler
+
+        try:
+            private_instance()
+            with keep_sigterm_handler():
+                init_ray_as_flower(init_args)
+        except BaseException as exc:  # noqa: BLE001 - raised in the main thread by ready()
+            self._error = exc
+        finally:
+            self._up.set()
+        # Ray's processes die with the thread that started them (their parent-death
+        # signal is tied to it): this thread lives until the run is over
+        self._done.wait()
+
+    def ready(self) -> None:
+        """Wait until Ray is up (raise what stopped it)."""
+        if self._thread is not None:
+            self._up.wait()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        """Ray down, every process of the run gone, logs closed."""
+        if self._thread is not None:
+            self._up.wait()
+        _stop_everything(self.token, self.handler,
+                         self.ray_tmp if self.ray_tmp_is_temporary else None)
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
+def ray_init_args(s: Scenario, ray_tmp: Path, verbose: bool) -> dict:
+    init_args = {"_temp_dir": str(ray_tmp), "include_dashboard": False,
+                 "logging_level": logging.DEBUG if verbose else logging.ERROR,
+                 "log_to_driver": verbose}
+    if s.simulation.num_cpus:
+        init_args["num_cpus"] = s.simulation.num_cpus
+    return init_args
 
 
 def _simulate_in(run_dir: Path, s: Scenario, fed, device, t0: float,
-                 verbose: bool, nodes: list[dict] | None,
+                 verbose: bool, nodes: list[dict] | None, procs: RunProcesses,
                  mlflow_parent: str | None = None) -> RunOutcome:
     """Launch the run in ``run_dir`` (``.incomplete``), check its outcome, finalise it."""
     from fedsilo import interrupt
 
     t_preflight = time.time()
-    cache_dir = Path(s.simulation.cache_dir).resolve()
-    os.environ.update(scratch_env(cache_dir))
-    kill_orphans()
-    token = os.environ[RUN_TOKEN] = uuid.uuid4().hex  # inherited by every Ray process
-    os.environ[RUN_OWNER] = str(os.getpid())
-    ray_tmp, ray_tmp_is_temporary = ray_temp_dir(cache_dir)
-    handler = None
+    cache_dir = procs.cache_dir
     try:
         with results.RunDirectory(run_dir, describe=_describe_failure) as rd, \
                 interrupt.stop_on_signals():
             try:
-                handler = _flower_logging(run_dir / "flower.log", verbose)
-                _launch(s, fed, device, run_dir, cache_dir, ray_tmp, verbose, nodes)
+                procs.handler = _flower_logging(run_dir / "flower.log", verbose)
+                procs.ready()
+                _launch(s, fed, device, run_dir, procs.ray_tmp, verbose, nodes)
                 summary = check_outcome(s, run_dir, fed.names())
                 summary["command_wall_time_s"] = time.time() - t0
                 if summary.get("first_round_started_at"):
@@ -338,7 +414,7 @@ def _simulate_in(run_dir: Path, s: Scenario, fed, device, t0: float,
                         st["runtime_start_s"] = st["server_started_at"] - t_preflight
                 results.write_json(run_dir / "summary.json", summary)
             finally:
-                _stop_everything(token, handler, ray_tmp if ray_tmp_is_temporary else None)
+                procs.stop()
     except BaseException as exc:  # noqa: BLE001 - reported in one line, then re-raised
         cause = _root_cause(exc)
         if isinstance(cause, interrupt.Interrupted | KeyboardInterrupt):
@@ -405,26 +481,22 @@ def kill_orphans() -> list[str]:
             names.append(p.name())
             p.kill()
     psutil.wait_procs(orphans, timeout=10)
+    _remove_orphaned_ray_dirs()
     return names
 
 
-def _launch(s: Scenario, fed, device, run_dir: Path, cache_dir: Path, ray_tmp: Path,
-            verbose: bool, nodes: list[dict] | None) -> None:
+def _launch(s: Scenario, fed, device, run_dir: Path, ray_tmp: Path, verbose: bool,
+            nodes: list[dict] | None) -> None:
     """The ServerApp and ClientApps by reference, on Flower's simulation runtime."""
     from fedsilo.flower_compat import keep_sigterm_handler, run_simulation_by_reference
 
-    app_dir = write_app_dir(cache_dir)
+    app_dir = write_app_dir(Path(s.simulation.cache_dir).resolve())
     gpus = s.simulation.gpus_per_client if device.type == "cuda" else 0.0
-    init_args = {"_temp_dir": str(ray_tmp), "include_dashboard": False,
-                 "logging_level": logging.DEBUG if verbose else logging.ERROR,
-                 "log_to_driver": verbose}
-    if s.simulation.num_cpus:
-        init_args["num_cpus"] = s.simulation.num_cpus
     # a Ray actor that dies (killed, out of memory) is restarted: with
     # strategy.on_failure = 'skip' its institutions miss only the round it died in
     backend_config = {"client_resources": {"num_cpus": s.simulation.cpus_per_client,
                                            "num_gpus": gpus, "max_restarts": -1},
-                      "init_args": init_args}
+                      "init_args": ray_init_args(s, ray_tmp, verbose)}
     where = "" if nodes is None else \
         f" on the Ray cluster at {s.simulation.ray_address} ({len(nodes)} nodes)"
     print(f"fedsilo: {s.scenario.name}: {len(fed.institutions)} institutions, "
@@ -461,7 +533,10 @@ def _describe_failure(exc: BaseException) -> str:
     cause = _root_cause(exc)
     if isinstance(cause, interrupt.Interrupted | KeyboardInterrupt):
         return str(cause) or "interrupted"
-    return f"{type(cause).__name__}: {cause}"
+    if isinstance(cause, ConfigError):  # says all there is to say
+        return f"{type(cause).__name__}: {cause}"
+    where = "".join(traceback.format_exception(cause))  # for a report: where it came from
+    return f"{type(cause).__name__}: {cause}\n\n{where}"
 
 
 def _shown(p: Path) -> str:

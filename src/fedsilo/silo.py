@@ -55,11 +55,15 @@ class SiloRuntime:
         """The scoped model for ``m`` (built once per process and scope)."""
         key = (dataclasses.replace(m, cache=True, cache_max_mb=1), num_labels, seed)
         if key not in self.models:
+            if m.scope == "head":  # frozen: loaded only if a text must be encoded
+                self.models[key] = ScopedModel(
+                    functools.partial(bb.load, self.ref.location), None, m, num_labels,
+                    seed, hidden_size=self.ref.hidden_size).to(self.device)
+                return self.models[key]
             tokenizer, backbone = bb.load(self.ref.location)
-            if m.scope != "head":  # trainable weights: never touch the shared frozen copy
-                backbone = copy.deepcopy(backbone)
-            self.models[key] = ScopedModel(backbone, tokenizer, m, num_labels, seed).to(
-                self.device)
+            # trainable weights: never touch the process's shared frozen copy
+            self.models[key] = ScopedModel(copy.deepcopy(backbone), tokenizer, m, num_labels,
+                                           seed).to(self.device)
         return self.models[key]
 
 

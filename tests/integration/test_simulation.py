@@ -81,9 +81,11 @@ def test_smoke_scenario_trains_records_and_cleans_up(smoke):
     assert summary["final"]["global"]["test_examples"] == n
     acc = sum(v["accuracy"] * v["test_examples"] for v in per) / n
     assert summary["final"]["global"]["accuracy"] == pytest.approx(acc)
-    # bytes: the head (64 -> 8 linear, float32) goes down for train+evaluate and up once
+    # bytes: the head (64 -> 8 linear, float32) goes down once per round (the evaluation
+    # of round r rides on round r+1's training message; the last round's goes down again)
+    # and up once
     head_bytes = 4 * (64 * 8 + 8)
-    assert rows[0]["bytes_down"] == head_bytes * 4 * 2
+    assert [r["bytes_down"] for r in rows] == [head_bytes * 4] * 5 + [head_bytes * 4 * 2]
     assert rows[0]["bytes_up"] == head_bytes * 4
     assert summary["bytes"]["up"] == head_bytes * 4 * 6
     # artefacts
@@ -113,7 +115,9 @@ def test_clients_send_only_the_shared_arrays_and_declared_metrics(smoke):
     for inst in fed.institutions:
         entries = [json.loads(x) for x in
                    (run / "audit" / f"{inst.name}.jsonl").read_text().splitlines()]
-        assert [e["type"] for e in entries] == ["query"] + ["train", "evaluate"] * 6
+        # one message per round: training messages 2-6 also evaluate the previous
+        # round's global model; an evaluate message closes the run
+        assert [e["type"] for e in entries] == ["query"] + ["train"] * 6 + ["evaluate"]
         assert all(e["refused"] == [] for e in entries)
         private = set(inst.train_texts) | set(inst.test_texts)
         for e in entries:
@@ -130,17 +134,55 @@ def test_clients_send_only_the_shared_arrays_and_declared_metrics(smoke):
                                 "num-test": len(inst.test_texts)}
                 continue
             assert e["configs"] == {}
-            m = e["metrics"]["metrics"]
-            assert list(e["metrics"]) == ["metrics"]
+            evaluations = []
             if e["type"] == "train":  # the head's arrays, nothing else
                 assert e["arrays"] == {"arrays": shared}
+                m = e["metrics"]["metrics"]
                 assert set(m) == TRAIN_METRICS and m["num-examples"] == len(inst.train_texts)
+                first = e["round"] == 1
+                assert list(e["metrics"]) == ["metrics"] if first else ["metrics",
+                                                                        "evaluation"]
+                evaluations = [] if first else [e["metrics"]["evaluation"]]
             else:
-                assert e["arrays"] == {}
+                assert e["arrays"] == {} and list(e["metrics"]) == ["metrics"]
+                evaluations = [e["metrics"]["metrics"]]
+            for m in evaluations:
                 assert set(m) == EVAL_METRICS and len(m["confusion"]) == 8 * 8
                 assert sum(m["confusion"]) == len(inst.test_texts)  # counts, not labels
             # no per-example values: every list is the 8 x 8 confusion matrix
-            assert all(len(v) == 64 for v in m.values() if isinstance(v, list))
+            assert all(len(v) == 64 for m in e["metrics"].values() for v in m.values()
+                       if isinstance(v, list))
+
+
+def test_evaluation_riding_on_training_gives_the_same_rows_as_separate_messages(
+        tmp_path, cache_dir):
+    """Half the institutions train each round and all evaluate: two of the four evaluations
+    ride on training messages, two go alone. Every metric is the same as with an evaluate
+    message after each round; only the bytes sent down and the timings differ."""
+    rows = {}
+    for mode in ("with-training", "separate"):
+        (tmp_path / mode).mkdir()
+        proc, runs = run_scenario(tmp_path / mode, cache_dir, "smoke.toml",
+                                  "scenario.rounds=4", "strategy.fraction_train=0.5",
+                                  f"strategy.evaluation='{mode}'")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows[mode] = [json.loads(x) for x in (runs[0] / "metrics.jsonl").read_text()
+                      .splitlines()]
+    head_bytes = 4 * (64 * 8 + 8)
+    down = {m: [r["bytes_down"] for r in rows[m]] for m in rows}
+    assert down["separate"] == [head_bytes * (2 + 4)] * 4  # 2 train + 4 evaluate
+    assert down["with-training"] == [head_bytes * (2 + 2)] * 3 + [head_bytes * (2 + 4)]
+
+    def metrics(row):
+        return {"global": row["global"], "bytes_up": row["bytes_up"],
+                "institutions": {k: {f: v for f, v in inst.items()
+                                     if f not in ("train_time_s", "ray_node")}
+                                 for k, inst in row["institutions"].items()}}
+
+    assert [metrics(r) for r in rows["with-training"]] == [metrics(r) for r in
+                                                           rows["separate"]]
+    assert all(len([i for i in r["institutions"].values() if i["train_examples"]]) == 2
+               and len(r["institutions"]) == 4 for r in rows["separate"])
 
 
 def test_default_scenario_with_real_minilm_learns(tmp_path, cache_dir):

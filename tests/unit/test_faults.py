@@ -166,10 +166,11 @@ def test_an_institutions_memory_survives_on_its_disk_by_round(tmp_path):
     from fedsilo.training import memory
 
     d = memory.snapshot_dir(tmp_path, "run-1", "bank-1")
-    for r in (1, 2, 3):
+    for r in (1, 2, 3, 4):
         memory.store(d, memory.Memory(scaffold_variate={"w": np.full(3, r, np.float32)},
                                       dp_steps=10 * r, round=r))
-    assert sorted(p.name for p in d.iterdir()) == ["round-0002.npz", "round-0003.npz"]
+    assert sorted(p.name for p in d.iterdir()) == ["round-0002.npz", "round-0003.npz",
+                                                    "round-0004.npz"]
     back = memory.restore(d, 2)
     assert back.dp_steps == 20 and back.round == 2
     np.testing.assert_array_equal(back.scaffold_variate["w"], np.full(3, 2, np.float32))
@@ -189,3 +190,22 @@ def test_a_live_run_is_told_from_a_dead_one(tmp_path):
     assert not (tmp_path / "y.incomplete" / "lock").exists()
     assert os.path.isdir(tmp_path / "x")  # finished: renamed, lock gone
     assert not (tmp_path / "x" / "lock").exists()
+
+
+def test_temporary_ray_dirs_of_dead_runs_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    from fedsilo import runner
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    mine, _ = runner.ray_temp_dir(tmp_path / ("x" * 120))  # too long for Ray's sockets
+    orphan, _ = runner.ray_temp_dir(tmp_path / ("x" * 120))
+    (orphan / "owner.pid").write_text(dead.stdout.strip())
+    live, _ = runner.ray_temp_dir(tmp_path / ("x" * 120))
+    (live / "owner.pid").write_text(str(os.getppid()))
+    runner.kill_orphans()
+    assert mine.is_dir() and live.is_dir() and not orphan.exists()

@@ -11,7 +11,7 @@ import torch
 from fedsilo.arrays import nbytes, to_record
 from fedsilo.config import ConfigError, ModelSection
 from fedsilo.models import backbone as bb
-from fedsilo.models.scoped import ScopedModel
+from fedsilo.models.scoped import Batch, ScopedModel
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +114,31 @@ def test_server_initial_head_equals_the_scoped_models_head(tiny, cache_dir):
     assert sorted(fast.keys()) == sorted(ref.keys())
     for k in ref.keys():
         np.testing.assert_array_equal(fast[k].numpy(), ref[k])
+
+
+def test_a_head_model_loads_its_frozen_backbone_only_when_a_text_is_encoded(tiny):
+    ref, tok, backbone = tiny
+    calls = []
+
+    def load():
+        calls.append(1)
+        return tok, copy.deepcopy(backbone)
+
+    lazy = ScopedModel(load, None, ModelSection(), num_labels=5, seed=3,
+                       hidden_size=ref.hidden_size)
+    eager = _model(tiny)
+    for k, v in eager.get_arrays().items():  # same head without any backbone
+        np.testing.assert_array_equal(v, lazy.get_arrays()[k], err_msg=k)
+    lazy.train_mode()  # the head trains; nothing else is touched
+    lazy.eval()
+    pooled = Batch(pooled=torch.randn(3, ref.hidden_size))
+    torch.testing.assert_close(lazy.logits(pooled), eager.eval().logits(pooled))
+    assert calls == [] and not lazy.backbone_loaded
+    texts = ["my card was stolen", "I need an appointment"]
+    torch.testing.assert_close(lazy.prefix(texts).pooled, eager.prefix(texts).pooled)
+    assert calls == [1] and lazy.backbone_loaded
+    assert not any(p.requires_grad for p in lazy.backbone.parameters())
+    lazy.prefix(texts)
+    assert calls == [1]  # once
+    with pytest.raises(ValueError, match="scope 'head'"):
+        ScopedModel(load, None, ModelSection(scope="lora"), 5, seed=0, hidden_size=64)

@@ -38,19 +38,49 @@ class Batch:
 
 
 class ScopedModel(nn.Module):
-    def __init__(self, backbone: nn.Module, tokenizer, m: ModelSection, num_labels: int,
-                 seed: int):
+    """``backbone`` may be a function returning (tokenizer, backbone) for scope ``head``,
+    whose frozen backbone is only needed to compute features: it is then loaded the first
+    time a text has to be encoded, never when every feature comes from the cache."""
+
+    def __init__(self, backbone, tokenizer, m: ModelSection, num_labels: int,
+                 seed: int, hidden_size: int | None = None):
         super().__init__()
         self.scope, self.pooling, self.max_length = m.scope, m.pooling, m.max_length
-        self.tokenizer = tokenizer
-        hidden = backbone.config.hidden_size
+        self._tokenizer = tokenizer
+        self._load = None
+        if callable(backbone) and not isinstance(backbone, nn.Module):
+            if m.scope != "head" or hidden_size is None:
+                raise ValueError("a backbone loaded on demand needs scope 'head' and its "
+                                 "hidden size")
+            self._load, self._m, backbone = backbone, m, None
+        hidden = backbone.config.hidden_size if backbone is not None else hidden_size
         gen_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
         try:
             self.head = Head(hidden, num_labels, m.head_hidden, m.dropout)
-            self.backbone, self.n_frozen = _apply_scope(backbone, m)
+            if backbone is not None:
+                self.backbone, self.n_frozen = _apply_scope(backbone, m)
         finally:
             torch.random.set_rng_state(gen_state)
+
+    @property
+    def backbone_loaded(self) -> bool:
+        return self._load is None
+
+    @property
+    def tokenizer(self):
+        self._ensure_backbone()
+        return self._tokenizer
+
+    def _ensure_backbone(self) -> None:
+        """Load a backbone given as a function (scope ``head``: frozen, in eval mode)."""
+        if self._load is None:
+            return
+        self._tokenizer, backbone = self._load()
+        device = next(self.head.parameters()).device
+        self.backbone, self.n_frozen = _apply_scope(backbone, self._m)
+        self.backbone.to(device).eval()
+        self._load = None
 
     # -- the shared part ---------------------------------------------------------------
     def trainable(self) -> dict[str, nn.Parameter]:

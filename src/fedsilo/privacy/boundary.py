@@ -3,7 +3,8 @@
 The names are those of fedsilo.protocol. A reply may carry only
 - to a query (the handshake): a ConfigRecord ``info`` with INFO_KEYS;
 - to a training message: the shared arrays it received (same names, shapes, float dtype;
-  SCAFFOLD's variate delta too) and a MetricRecord ``metrics`` with TRAIN_METRICS;
+  SCAFFOLD's variate delta too) and a MetricRecord ``metrics`` with TRAIN_METRICS; when the
+  message asked for it (EVALUATE_FIRST), also a MetricRecord ``evaluation`` as below;
 - to an evaluation message: a MetricRecord ``metrics`` with EVAL_METRICS, whose confusion
   matrix has one count per (true, predicted) label pair;
 - to a message of the secure-aggregation protocol: only that stage's protocol record
@@ -22,7 +23,10 @@ from flwr.app import Message
 
 from fedsilo.protocol import (
     ARRAYS,
+    CONFIG,
     EVAL_METRICS,
+    EVALUATE_FIRST,
+    EVALUATION,
     INFO,
     INFO_KEYS,
     METRICS,
@@ -52,17 +56,23 @@ def check_reply(received: Message, reply: Message) -> list[str]:
         return _check_secagg_reply(received, arrays, metrics, configs)
     if configs:
         problems.append(f"config records {sorted(configs)} in a {kind} reply")
-    if set(metrics) != {METRICS}:
-        problems.append(f"metric records {sorted(metrics)} (expected ['{METRICS}'])")
+    expected_metrics = {METRICS: TRAIN_DECLARED if kind == "train" else EVAL_METRICS}
+    settings = received.content.config_records.get(CONFIG)
+    if kind == "train" and settings is not None and settings.get(EVALUATE_FIRST, False):
+        expected_metrics[EVALUATION] = EVAL_METRICS
+    if set(metrics) != set(expected_metrics):
+        problems.append(f"metric records {sorted(metrics)} (expected "
+                        f"{sorted(expected_metrics)})")
     else:
-        declared = TRAIN_DECLARED if kind == "train" else EVAL_METRICS
-        extra = set(metrics[METRICS].keys()) - declared
-        if extra:
-            problems.append(f"undeclared metrics {sorted(extra)}")
-        if kind == "evaluate" and "confusion" in metrics[METRICS]:
-            n = len(metrics[METRICS]["confusion"])
-            if int(round(n ** 0.5)) ** 2 != n:
-                problems.append(f"confusion of {n} values is not a label x label matrix")
+        for name, declared in expected_metrics.items():
+            extra = set(metrics[name].keys()) - declared
+            if extra:
+                problems.append(f"undeclared metrics {sorted(extra)}")
+            if declared is EVAL_METRICS and "confusion" in metrics[name]:
+                n = len(metrics[name]["confusion"])
+                if int(round(n ** 0.5)) ** 2 != n:
+                    problems.append(f"confusion of {n} values is not a label x label "
+                                    f"matrix")
     sent = received.content.array_records.get(ARRAYS)
     if kind == "evaluate":
         if arrays:

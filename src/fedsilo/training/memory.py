@@ -19,7 +19,10 @@ import numpy as np
 
 from fedsilo.arrays import Arrays
 
-KEEP = 2  # snapshots kept per institution: the last round and the one before
+# Snapshots kept per institution. With evaluation riding on training, round r-1's checkpoint
+# is committed after the nodes trained round r, so a run killed just before round r's commit
+# resumes from round r-1 while its nodes have already trained round r+1.
+KEEP = 3
 
 
 @dataclass
