@@ -10,12 +10,21 @@ real `fedsilo run` (Flower simulation on Ray):
   (b) head     scope `head` without the cache (frozen backbone re-run on every batch)
   (c) cached   scope `head` with the frozen-prefix cache (fresh cache: round 1 encodes)
   (d) lora     scope `lora` (rank 8 on query/value) + head
-and reports time to a target global accuracy (from launching the command, so start-up is
+(a) and (d) use one learning rate for every weight, without warm-up or early stopping.
+It reports time to a target global accuracy (from launching the command, so start-up is
 included), seconds per round after the first, bytes per round, and the peak resident
 memory of the whole process tree (Ray workers included), with ratios against (a).
 
 Part 2 scales the number of institutions (10, 100, 1000; small partitions; 10 sampled per
 round) and reports peak memory and seconds per round.
+
+With ``--hard`` it runs instead every scope at its defaults on configs/hard.toml (the
+task a linear head on frozen features cannot learn well) and reports final accuracy and
+macro-F1, points gained over ``head``, time to a macro-F1, seconds and bytes per round,
+and the largest round-to-round fall of macro-F1; ``--stability ROUNDS`` adds the default
+scenario at every scope.
+
+    python benchmarks/scopes.py --hard --stability 10 --json hard.json
 
 Part 3 profiles a cached round: where its time goes (client compute, aggregation,
 checkpointing, and what is left: Flower/Ray messaging and serialisation).
@@ -39,14 +48,21 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from fedsilo.results import format_table  # noqa: E402
 
+# one learning rate for every weight, no warm-up and no early stopping, as measured before
+# fedsilo had a rate per group of weights (docs/benchmarks.md's part 1 table)
+ONE_RATE = ["train.warmup=0", "train.early_stopping=\"off\""]
 VARIANTS = {  # name -> (description, --set overrides)
     "naive": ("(a) full model, no cache", ["model.scope=\"full\"", "model.cache=false",
-                                          "train.lr=5e-5"]),
+                                          "train.lr=5e-5", "train.encoder_lr=5e-5",
+                                          *ONE_RATE]),
     "head": ("(b) head, no cache", ["model.scope=\"head\"", "model.cache=false"]),
     "cached": ("(c) head + cache", ["model.scope=\"head\"", "model.cache=true"]),
     "lora": ("(d) lora r=8 + head", ["model.scope=\"lora\"", "model.cache=false",
-                                     "train.lr=2e-3"]),
+                                     "train.lr=2e-3", "train.adapter_lr=2e-3", *ONE_RATE]),
 }
+# --hard: every scope at its defaults on configs/hard.toml
+HARD_SCOPES = {"head": "head (cached)", "top-k": "top-k, k=2 (cached)", "lora": "lora r=8",
+               "full": "full"}
 
 
 class PeakRSS:
@@ -81,10 +97,11 @@ class PeakRSS:
         return self.peak
 
 
-def run(sets: list[str], workdir: Path, cache_dir: Path) -> dict:
+def run(sets: list[str], workdir: Path, cache_dir: Path,
+        config: str = "configs/bank_hospital.toml") -> dict:
     """One `fedsilo run`; returns its summary, metrics rows, launch time and peak RSS."""
     out = workdir / "runs"
-    cmd = [sys.executable, "-m", "fedsilo.cli", "run", str(ROOT / "configs/bank_hospital.toml"),
+    cmd = [sys.executable, "-m", "fedsilo.cli", "run", str(ROOT / config),
            "--set", f"output.dir={out}", "--set", f"simulation.cache_dir={cache_dir}",
            "--set", "output.plot=false"]
     for s in sets:
@@ -147,6 +164,79 @@ def part1(args, workdir: Path) -> dict:
     return results
 
 
+def largest_drop(rows: list[dict]) -> float:
+    """The largest fall of global macro-F1 from one round to the next (0 if none)."""
+    f1 = [r["global"]["macro_f1"] for r in rows]
+    return max([0.0] + [a - b for a, b in zip(f1, f1[1:], strict=False)])
+
+
+def time_to_f1(r: dict, target: float) -> float | None:
+    offset = r["summary"]["started_at"] - r["launched"]
+    for row in r["rows"]:
+        if row["global"]["macro_f1"] >= target:
+            return offset + row["elapsed_s"]
+    return None
+
+
+def hard(args, workdir: Path) -> dict:
+    """Every scope at its defaults on configs/hard.toml (and, with --stability, on the
+    default scenario too): final scores, time to a macro-F1, cost, and stability."""
+    cache_dir = Path(tempfile.mkdtemp(prefix="cache-", dir=workdir))  # shared: warm after 1
+    out = {}
+    for scope, label in HARD_SCOPES.items():
+        if scope not in args.scopes:
+            continue
+        print(f"hard: {label}, {args.hard_rounds} rounds ...", flush=True)
+        r = run([f"model.scope=\"{scope}\"", f"scenario.rounds={args.hard_rounds}"],
+                workdir, cache_dir, config="configs/hard.toml")
+        fin = r["summary"]["final"]["global"]
+        later = [row["wall_time_s"] for row in r["rows"][1:]]
+        out[scope] = {"label": label, "final_accuracy": fin["accuracy"],
+                      "final_macro_f1": fin["macro_f1"],
+                      "time_to_f1_s": time_to_f1(r, args.f1_target),
+                      "s_per_round_after_first": sum(later) / len(later),
+                      "bytes_per_round": r["summary"]["bytes"]["per_round_up"]
+                      + r["summary"]["bytes"]["per_round_down"],
+                      "largest_drop": largest_drop(r["rows"]),
+                      "peak_rss_mb": r["peak_rss"] / 2**20,
+                      "wall_time_s": r["summary"]["command_wall_time_s"],
+                      "macro_f1_by_round": [row["global"]["macro_f1"] for row in r["rows"]]}
+        print(f"  -> macro-F1 {fin['macro_f1']:.3f}, largest drop "
+              f"{out[scope]['largest_drop']:.3f}", flush=True)
+    stability = {}
+    if args.stability:
+        for scope in args.scopes:
+            print(f"stability: default scenario, scope {scope}, {args.stability} rounds ...",
+                  flush=True)
+            r = run([f"model.scope=\"{scope}\"", f"scenario.rounds={args.stability}"],
+                    workdir, cache_dir)
+            stability[scope] = {"final_macro_f1": r["summary"]["final"]["global"]["macro_f1"],
+                                "largest_drop": largest_drop(r["rows"])}
+    return {"scopes": out, "stability": stability}
+
+
+def print_hard(args, res: dict) -> None:
+    base = res["scopes"].get("head")
+    rows = []
+    for v in res["scopes"].values():
+        gain = "-" if base is None else \
+            f"{100 * (v['final_macro_f1'] - base['final_macro_f1']):+.1f}"
+        ttt = v["time_to_f1_s"]
+        rows.append([v["label"], v["final_accuracy"], v["final_macro_f1"], gain,
+                     f"{ttt:.0f}" if ttt is not None else f"> {v['wall_time_s']:.0f}",
+                     v["s_per_round_after_first"], f"{v['bytes_per_round']:,}",
+                     f"{100 * v['largest_drop']:.1f}", f"{v['peak_rss_mb']:.0f}"])
+    print(f"\nconfigs/hard.toml, every scope at its defaults, {args.hard_rounds} rounds")
+    print(format_table(rows, ["scope", "final acc", "macro-F1", "points vs head",
+                              f"s to macro-F1 {args.f1_target}", "s/round", "bytes/round",
+                              "largest drop (points)", "peak MB"]))
+    if res["stability"]:
+        print(f"\ndefault scenario, every scope at its defaults, {args.stability} rounds")
+        print(format_table([[k, v["final_macro_f1"], f"{100 * v['largest_drop']:.1f}"]
+                            for k, v in res["stability"].items()],
+                           ["scope", "macro-F1", "largest drop (points)"]))
+
+
 def part2(args, workdir: Path) -> dict:
     out = {}
     for n in (10, 100, 1000):
@@ -193,8 +283,23 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.8, help="target global accuracy")
     ap.add_argument("--json", type=Path, help="write the tables here as JSON")
     ap.add_argument("--skip-scaling", action="store_true")
+    ap.add_argument("--hard", action="store_true", help="only: every scope at its defaults "
+                    "on configs/hard.toml")
+    ap.add_argument("--hard-rounds", type=int, default=10)
+    ap.add_argument("--f1-target", type=float, default=0.7,
+                    help="--hard: the macro-F1 whose time is reported")
+    ap.add_argument("--scopes", default="head,top-k,lora,full", type=lambda v: v.split(","))
+    ap.add_argument("--stability", type=int, default=0, metavar="ROUNDS",
+                    help="--hard: also run the default scenario at every scope")
     args = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="fedsilo-bench-"))
+    if args.hard:
+        res = hard(args, workdir)
+        print_hard(args, res)
+        if args.json:
+            args.json.write_text(json.dumps(res, indent=2))
+            print(f"\nwritten: {args.json}")
+        return
     res = part1(args, workdir)
     a = res["naive"]
 

@@ -133,6 +133,9 @@ class RunRecorder:
             }
             if "dp-epsilon" in t:
                 insts[name]["privacy"] = privacy_of(t)
+            if "best-epoch" in t:  # early stopping on the institution's validation rows
+                insts[name]["early_stopping"] = {"best_epoch": int(t["best-epoch"]),
+                                                 "validation_loss": t["validation-loss"]}
         if evals:
             g = aggregate_evaluate_metrics(
                 [RecordDict({"m": MetricRecord(v)}) for v in evals.values()], "num-examples")

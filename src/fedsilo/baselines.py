@@ -23,7 +23,7 @@ from fedsilo.config import Scenario
 from fedsilo.data import build_federation
 from fedsilo.metrics import scores_from_confusion
 from fedsilo.silo import features, runtime_for
-from fedsilo.training import evaluate, local_train, round_seed
+from fedsilo.training import evaluate, holdout, local_train, round_seed
 from fedsilo.training.features import CachedFeatures, FeatureSource, LiveFeatures
 
 MODES = ("local-only", "centralized")
@@ -100,8 +100,13 @@ def run_baseline(s: Scenario, mode: str) -> Path:
                 model.set_arrays(weights[owner])
                 source = pooled_source([train[i.name] for i in insts])
                 labels = np.concatenate([i.train_labels for i in insts])
+                validation = None  # held out as in a federated round (train.early_stopping)
+                if s.train.stops_early(s.model.scope):
+                    validation = holdout(len(source), s.train.validation_share,
+                                         round_seed(s.scenario.seed, 0, owner))
                 stats = local_train(model, source, labels, s.train,
-                                    round_seed(s.scenario.seed, r, owner), rt.device)
+                                    round_seed(s.scenario.seed, r, owner), rt.device,
+                                    validation=validation)
                 weights[owner] = model.get_arrays()
                 losses[owner] = stats.loss
             row = _row(r, mode, owners, weights, scores, union, losses)

@@ -57,6 +57,11 @@ class FederationSection:
 
 @dataclass(frozen=True)
 class SyntheticSection:
+    task: str = _opt("intents", "'intents': what a message is about (8 labels; a linear head "
+                     "on frozen features does well); 'roles': who did what to whom and "
+                     "whether it happened (4 labels; word order, passives and negation: "
+                     "encoder weights must train, configs/hard.toml)",
+                     choices=("intents", "roles"))
     size: int = _opt(360, "mean number of messages per institution", low=20)
     size_spread: float = _opt(0.5, "log-normal spread of institution sizes (0 = equal)", low=0)
     label_noise: float = _opt(0.04, "share of messages whose label is replaced at random",
@@ -123,9 +128,30 @@ class ModelSection:
 class TrainSection:
     local_epochs: int = _opt(2, "passes over the local data per round", low=1)
     batch_size: int = _opt(32, "examples per step", low=1)
-    lr: float = _opt(0.003, "learning rate", low=0, low_open=True)
+    lr: float = _opt(0.003, "learning rate of the classification head (every trainable "
+                     "weight with scope head)", low=0, low_open=True)
+    encoder_lr: float = _opt(0.0002, "learning rate of trainable encoder layers (scopes top-k "
+                             "and full)", low=0, low_open=True)
+    adapter_lr: float = _opt(0.001, "learning rate of the LoRA adapters (scope lora)", low=0,
+                             low_open=True)
+    warmup: float = _opt(0.1, "share of each round's local steps over which the encoder and "
+                         "adapter learning rates rise linearly from 0 (the head's is constant)",
+                         low=0, high=1)
+    early_stopping: str = _opt("encoder", "hold out train.validation_share of each "
+                               "institution's training rows and keep the local epoch with the "
+                               "lowest validation loss, the received weights included: "
+                               "'encoder' for scopes top-k, lora and full; 'always'; 'off' (not "
+                               "with DP-SGD or SCAFFOLD)", choices=("encoder", "always", "off"))
+    validation_share: float = _opt(0.1, "share of each institution's training rows held out "
+                                   "for early stopping (never its test rows)", low=0, high=0.5,
+                                   low_open=True)
     optimizer: str = _opt("adamw", "local optimiser", choices=("adamw", "sgd"))
     weight_decay: float = _opt(0.0, "weight decay", low=0)
+
+    def stops_early(self, scope: str) -> bool:
+        """Whether plain local training of ``scope`` holds out a validation split."""
+        return self.early_stopping == "always" or (self.early_stopping == "encoder"
+                                                   and scope != "head")
 
 
 @dataclass(frozen=True)

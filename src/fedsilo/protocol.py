@@ -42,7 +42,10 @@ DP_METRICS = frozenset({"dp-epsilon", "dp-delta", "dp-noise-multiplier", "dp-max
                         "dp-sampling-rate", "dp-steps", "dp-stopped"})
 NORM_BIT = "norm_bit"  # client-adaptive clipping: whether this update was clipped
 CENTRAL_DP_METRICS = frozenset({NORM_BIT})
-TRAIN_DECLARED = TRAIN_METRICS | DP_METRICS | CENTRAL_DP_METRICS
+# with train.early_stopping: the local epoch kept (0: the received weights) and its loss on
+# the institution's validation rows
+EARLY_STOP_METRICS = frozenset({"best-epoch", "validation-loss"})
+TRAIN_DECLARED = TRAIN_METRICS | DP_METRICS | CENTRAL_DP_METRICS | EARLY_STOP_METRICS
 EVAL_METRICS = frozenset({NUM_EXAMPLES, "loss", "accuracy", "macro-f1",
                           "confusion", "eval-time-s", RAY_NODE})
 

@@ -174,13 +174,16 @@ def test_a_killed_worker_with_skip_leaves_institutions_out_of_that_round_only(tm
     run = _finished(tmp_path / "runs")[0]
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     hit = [r for r in rows if r.get("dropped")]
-    assert 1 <= len(hit) <= 2 and hit[0]["round"] >= 3, hit  # after the kill
-    if len(hit) == 2:  # one failed message: round r's training and round r-1's evaluation
-        evaluation, training = hit  # (evaluation rides on training)
-        assert training["round"] == evaluation["round"] + 1
-        assert set(training["dropped"]) == set(evaluation["dropped"])
-        assert all(v.startswith("evaluation: ") for v in evaluation["dropped"].values())
-        assert all(v.startswith("training: ") for v in training["dropped"].values())
+    # the institutions of the killed worker miss what was sent to it while it restarted:
+    # with evaluation riding on training, round r's training and round r-1's evaluation
+    # per failed message; a slow restart can take the next round's message too
+    assert 1 <= len(hit) <= 3 and hit[0]["round"] >= 3, hit  # after the kill
+    assert [r["round"] for r in hit] == list(range(hit[0]["round"],
+                                                   hit[0]["round"] + len(hit)))
+    # only the killed worker's institutions (4 institutions on 2 workers), for its death
+    assert len({name for r in hit for name in r["dropped"]}) <= 2
+    assert all(why.startswith(("training: ", "evaluation: ")) and "Actor" in why
+               for r in hit for why in r["dropped"].values())
     for r in hit:
         assert f"round {r['round']:>3}/6" in out and "dropped: " in out
     for r in rows[hit[-1]["round"]:]:  # every institution is back afterwards

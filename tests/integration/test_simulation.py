@@ -240,7 +240,9 @@ def test_data_command_prints_the_partition_table(tmp_path):
     ("lora", 64 * 8 + 8 + 2 * 2 * (64 * 8 + 8 * 64)),
 ])
 def test_other_scopes_train_and_send_only_their_arrays(tmp_path, cache_dir, scope, shared):
-    # (the smoke lr of 0.05 suits a head, not encoder layers)
+    # the encoder's or the adapters' own rate and early stopping on held-out training rows
+    # at their defaults (the smoke head's rate of 0.1 suits its pooled random features, not
+    # a head on layers that train: 0.005 here)
     proc, runs = run_scenario(tmp_path, cache_dir, "smoke.toml", "scenario.rounds=2",
                               f"model.scope=\"{scope}\"", "model.top_k=1", "train.lr=0.005")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -251,6 +253,17 @@ def test_other_scopes_train_and_send_only_their_arrays(tmp_path, cache_dir, scop
     assert all(np.isfinite(r["global"]["train_loss"]) for r in rows)
     first = rows[0]["institutions"]
     assert all(v["train_loss"] < 2.5 and v["train_examples"] > 0 for v in first.values())
+    from fedsilo.config import load
+    from fedsilo.data import build_federation
+
+    fed = build_federation(load(CONFIGS / "smoke.toml"))
+    sizes = {i.name: len(i.train_texts) for i in fed.institutions}
+    for row in rows:
+        for name, v in row["institutions"].items():
+            stop = v["early_stopping"]
+            assert stop["best_epoch"] in (0, 1, 2, 3) and np.isfinite(stop["validation_loss"])
+            # a tenth of the training rows held out
+            assert v["train_examples"] == sizes[name] - int(0.1 * sizes[name] + 0.5)
 
 
 def test_dp_sgd_accounts_per_institution_and_stops_at_the_budget(tmp_path, cache_dir):

@@ -17,8 +17,8 @@ def shared_labels(s: Scenario) -> tuple[str, ...]:
     if s.data.labels:
         return tuple(s.data.label_names())
     if s.data.source == "synthetic":
-        from fedsilo.data.synthetic import LABELS
+        from fedsilo.data.roles import task_labels
 
-        return tuple(LABELS)
+        return tuple(task_labels(s.data.synthetic.task))
     raise ConfigError("config: 'data.labels' must declare the label set: the server reads "
                       "no data (`fedsilo run` fills it in from data.source)")

@@ -12,7 +12,7 @@ import numpy as np
 
 from fedsilo.config import ConfigError, DataSection, FederationSection, Scenario
 from fedsilo.console import warn
-from fedsilo.data import synthetic
+from fedsilo.data import roles, synthetic
 from fedsilo.data.partition import split_indices, train_test_split
 
 
@@ -106,7 +106,7 @@ def institution_rows(s: Scenario) -> tuple[tuple[str, ...], list[tuple[str, str,
 def _groups(data: DataSection, fed: FederationSection, seed: int):
     if data.source == "synthetic":
         texts, labels, insts, kinds = _synthetic_pool(data, fed, seed)
-        found = tuple(synthetic.LABELS)
+        found = tuple(roles.task_labels(data.synthetic.task))
     else:
         texts, labels, insts, kinds, found = _file_pool(data)
     label_names = declared_labels(data, found, data.source)
@@ -222,7 +222,8 @@ def load_institution(data: DataSection, name: str, kind: str | None, path: str,
 def _synthetic_pool(data: DataSection, fed: FederationSection, seed: int):
     syn = data.synthetic
     total = fed.banks + fed.hospitals
-    msgs = synthetic.generate(fed.banks, fed.hospitals, syn.size, seed,
+    task = roles if syn.task == "roles" else synthetic
+    msgs = task.generate(fed.banks, fed.hospitals, syn.size, seed,
                               size_spread=syn.size_spread, label_noise=syn.label_noise,
                               typo_rate=syn.typo_rate, kind_skew=syn.kind_skew,
                               progress=_progress if total >= LARGE else None)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from fedsilo.config import PrivacySection, TrainSection
-from fedsilo.training import make_optimizer
+from fedsilo.training import make_optimizer, warmup
 
 MECHANISM = ("DP-SGD: Poisson sampling, per-example clipping, Gaussian noise "
              "(record level, per institution)")
@@ -112,7 +112,8 @@ def dp_train(model, source, labels: np.ndarray, t: TrainSection, dp: DPPlan, see
     model.train_mode()
     named = model.trainable()
     params = list(named.values())
-    opt = make_optimizer(params, t)
+    opt = make_optimizer(model, t)
+    sched = warmup(opt, t, dp.steps_per_round)
     rng = np.random.default_rng(seed)
     gen = torch.Generator(device="cpu").manual_seed(int(seed) % (2**63))
     torch.manual_seed(seed)
@@ -136,6 +137,7 @@ def dp_train(model, source, labels: np.ndarray, t: TrainSection, dp: DPPlan, see
                                      size=p.shape, generator=gen).to(device)
                 p.grad = (s + noise) / expected
             opt.step()
+            sched.step()
             opt.zero_grad(set_to_none=True)
     return (float(np.mean(losses)) if losses else math.nan), dp.steps_per_round
 

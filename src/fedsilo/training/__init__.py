@@ -7,8 +7,8 @@ the reply), it is ``round.py``; the loops it calls are here; DP-SGD's loop is
 
 from __future__ import annotations
 
+import math
 import zlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +26,9 @@ class TrainStats:
     loss: float  # mean loss over the last epoch
     first_loss: float  # mean loss over the first epoch
     steps: int
-    examples: int
+    examples: int  # the rows trained on
+    best_epoch: int | None = None  # with a validation split: the local epoch kept (0: none)
+    validation_loss: float | None = None  # and its loss on the validation split
 
 
 @dataclass
@@ -44,23 +46,81 @@ def round_seed(scenario_seed: int, server_round: int, owner: str) -> int:
     return zlib.crc32(f"{scenario_seed}:{server_round}:{owner}".encode())
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], t: TrainSection
-                   ) -> torch.optim.Optimizer:
-    """The local optimiser ``train.optimizer`` over ``params`` (plain and DP training)."""
-    params = list(params)
+def param_groups(model: ScopedModel, t: TrainSection) -> list[dict]:
+    """The trainable weights by learning rate: the head at ``train.lr``; encoder layers
+    (scopes top-k and full) at ``train.encoder_lr``; LoRA adapters at ``train.adapter_lr``.
+    Scope head has one group."""
+    head, encoder = [], []
+    for name, p in model.trainable().items():
+        (head if name.startswith("head.") else encoder).append(p)
+    groups = [{"params": head, "lr": t.lr, "warmup": False}]
+    if encoder:
+        lr = t.adapter_lr if model.scope == "lora" else t.encoder_lr
+        groups.append({"params": encoder, "lr": lr, "warmup": True})
+    return groups
+
+
+def make_optimizer(model: ScopedModel, t: TrainSection) -> torch.optim.Optimizer:
+    """The local optimiser ``train.optimizer`` over ``model``'s trainable weights, one
+    learning rate per group (plain and DP training)."""
+    groups = param_groups(model, t)
     if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay)
-    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.SGD(groups, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def warmup(opt: torch.optim.Optimizer, t: TrainSection, steps: int
+           ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Encoder and adapter learning rates rise linearly over the first ``train.warmup``
+    share of the round's ``steps`` (each round starts a fresh optimiser, so its first
+    steps have no moment estimates yet); the head's stays constant. Call ``step()``
+    after every optimiser step."""
+    ramp = _ramp(t, steps)
+
+    def factor(g: dict):
+        if not g["warmup"] or ramp == 0:
+            return lambda step: 1.0
+        return lambda step: min(1.0, (step + 1) / ramp)
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, [factor(g) for g in opt.param_groups])
+
+
+def _ramp(t: TrainSection, steps: int) -> int:
+    return max(1, math.ceil(t.warmup * steps)) if t.warmup > 0 else 0
+
+
+def lr_sum(t: TrainSection, scope: str, name: str, steps: int) -> float:
+    """The sum of the learning rates that weight ``name`` was stepped with over a round of
+    ``steps`` local steps (SCAFFOLD's K * lr when every step has the same size)."""
+    if name.startswith("head.") or scope == "head":
+        return steps * t.lr
+    lr = t.adapter_lr if scope == "lora" else t.encoder_lr
+    ramp = _ramp(t, steps)
+    return lr * sum(min(1.0, (i + 1) / ramp) if ramp else 1.0 for i in range(steps))
+
+
+def holdout(n: int, share: float, seed: int) -> np.ndarray:
+    """The rows of an institution's training split held out for validation: the same in
+    every round (``seed`` names the institution, not the round), at least one row and
+    never all of them; empty when ``share`` is 0."""
+    if share <= 0 or n < 2:
+        return np.zeros(0, dtype=np.int64)
+    k = min(n - 1, max(1, int(share * n + 0.5)))  # (`round` here is the submodule)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:k])
 
 
 def local_train(model: ScopedModel, source: FeatureSource, labels: np.ndarray,
                 t: TrainSection, seed: int, device: torch.device, prox_mu: float = 0.0,
-                correction: dict[str, torch.Tensor] | None = None) -> TrainStats:
+                correction: dict[str, torch.Tensor] | None = None,
+                validation: np.ndarray | None = None) -> TrainStats:
     """Train ``model``'s trainable scope in place for ``t.local_epochs`` local passes.
 
     ``prox_mu`` > 0 adds FedProx's proximal term mu/2 * ||w - w_global||^2, with w_global
     the weights at the start of the call. ``correction`` (SCAFFOLD's c - c_i, by parameter
-    name) is added to every gradient before the step.
+    name) is added to every gradient before the step. ``validation`` (row indices of
+    ``source``) is held out of training: the loss on it is measured before the first
+    epoch and after each one, training stops at the first epoch that does not lower it,
+    and the weights of the best epoch (possibly the received ones) are kept.
     """
     model.to(device)
     model.train_mode()
@@ -68,13 +128,25 @@ def local_train(model: ScopedModel, source: FeatureSource, labels: np.ndarray,
     params = list(named.values())
     anchor = [p.detach().clone() for p in params] if prox_mu > 0 else None
     corr = [correction[n].to(device) for n in named] if correction is not None else None
-    opt = make_optimizer(params, t)
+    rows = np.arange(len(source))
+    if validation is not None and len(validation):
+        rows = np.setdiff1d(rows, validation)
+    else:
+        validation = None
+    opt = make_optimizer(model, t)
+    sched = warmup(opt, t, t.local_epochs * math.ceil(len(rows) / t.batch_size))
     torch.manual_seed(seed)  # dropout masks
     order_rng = np.random.default_rng(seed)  # batch order
     y_all = torch.as_tensor(labels, dtype=torch.long)
+    best = None
+    if validation is not None:
+        best = (_loss_on(model, source, y_all, validation, device), 0,
+                [p.detach().clone() for p in params])
+        model.train_mode()
     epoch_losses, steps = [], 0
-    for _ in range(t.local_epochs):
-        perm = order_rng.permutation(len(source))
+    for epoch in range(1, t.local_epochs + 1):
+        perm = order_rng.permutation(len(source)) if validation is None else \
+            order_rng.permutation(rows)
         total, count = 0.0, 0
         for start in range(0, len(perm), t.batch_size):
             idx = perm[start:start + t.batch_size]
@@ -90,12 +162,40 @@ def local_train(model: ScopedModel, source: FeatureSource, labels: np.ndarray,
                 for p, c in zip(params, corr, strict=True):
                     p.grad.add_(c)
             opt.step()
+            sched.step()
             total += float(loss.detach()) * len(idx)
             count += len(idx)
             steps += 1
         epoch_losses.append(total / max(count, 1))
+        if best is not None:
+            val = _loss_on(model, source, y_all, validation, device)
+            model.train_mode()
+            if val >= best[0]:
+                break  # no better than the best so far: stop, keep the best
+            best = (val, epoch, [p.detach().clone() for p in params])
+    kept = None
+    if best is not None:
+        with torch.no_grad():
+            for p, b in zip(params, best[2], strict=True):
+                p.copy_(b)
+        kept = best[1]
     return TrainStats(loss=epoch_losses[-1], first_loss=epoch_losses[0], steps=steps,
-                      examples=len(source))
+                      examples=len(rows), best_epoch=kept,
+                      validation_loss=None if best is None else best[0])
+
+
+@torch.no_grad()
+def _loss_on(model: ScopedModel, source: FeatureSource, y_all: torch.Tensor,
+             idx: np.ndarray, device: torch.device, batch_size: int = 128) -> float:
+    """Mean cross-entropy of ``model`` (in eval mode) on rows ``idx`` of ``source``."""
+    model.eval()
+    total = 0.0
+    for start in range(0, len(idx), batch_size):
+        part = idx[start:start + batch_size]
+        logits = model.logits(source.rows(part)).float().cpu()
+        total += float(nn.functional.cross_entropy(logits, y_all[torch.as_tensor(part)],
+                                                   reduction="sum"))
+    return total / len(idx)
 
 
 @torch.no_grad()

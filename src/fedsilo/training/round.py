@@ -28,7 +28,14 @@ from fedsilo.privacy import dpsgd
 from fedsilo.privacy.central import clip_update
 from fedsilo.protocol import NORM_BIT, NUM_EXAMPLES
 from fedsilo.silo import Silo
-from fedsilo.training import TrainStats, evaluate, local_train, round_seed
+from fedsilo.training import (
+    TrainStats,
+    evaluate,
+    holdout,
+    local_train,
+    lr_sum,
+    round_seed,
+)
 from fedsilo.training import scaffold as sc
 from fedsilo.training.memory import Memory
 
@@ -93,10 +100,18 @@ def poison_labels(st: RoundState) -> None:
 def optimise(st: RoundState) -> None:
     """Plain local training (FedProx's proximal term when the server sends mu)."""
     s = st.silo.scenario
-    st.stats = local_train(st.model, st.silo.inputs(st.model, "train"), st.labels, s.train,
-                           st.seed, st.silo.runtime.device,
-                           prox_mu=st.instruction.proximal_mu)
+    source = st.silo.inputs(st.model, "train")
+    validation = None
+    if s.train.stops_early(s.model.scope):  # the same rows every round
+        validation = holdout(len(source), s.train.validation_share,
+                             round_seed(s.scenario.seed, 0, st.silo.name))
+    st.stats = local_train(st.model, source, st.labels, s.train, st.seed,
+                           st.silo.runtime.device, prox_mu=st.instruction.proximal_mu,
+                           validation=validation)
     st.trained = st.model.get_arrays()
+    if validation is not None:
+        st.metrics.update({"best-epoch": st.stats.best_epoch,
+                           "validation-loss": st.stats.validation_loss})
 
 
 def optimise_scaffold(st: RoundState) -> None:
@@ -166,7 +181,9 @@ def package_scaffold(st: RoundState) -> None:
     the institution keeps its new variate c_i+ in its memory."""
     x, y, c = st.instruction.arrays, st.trained, st.instruction.control
     c_i = _client_variate(st)
-    c_new = sc.client_variate(c_i, c, x, y, st.stats.steps, st.silo.scenario.train.lr)
+    t, scope = st.silo.scenario.train, st.silo.scenario.model.scope
+    c_new = sc.client_variate(c_i, c, x, y, st.stats.steps, t.lr,
+                              {k: lr_sum(t, scope, k, st.stats.steps) for k in x})
     st.memory.scaffold_variate = c_new
     st.reply = Reply(arrays={k: y[k] - x[k] for k in x}, metrics=_train_metrics(st),
                      scaffold_delta_c={k: c_new[k] - c_i[k] for k in x})

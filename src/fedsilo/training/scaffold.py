@@ -16,6 +16,9 @@ def server_update(x: Arrays, c: Arrays, delta_y: list[Arrays], delta_c: list[Arr
 
 
 def client_variate(c_i: Arrays, c: Arrays, x: Arrays, y: Arrays, steps: int,
-                   lr: float) -> Arrays:
-    """Option II: c_i+ = c_i - c + (x - y_i) / (K * lr), K local steps of size lr."""
-    return {k: c_i[k] - c[k] + (x[k] - y[k]) / (steps * lr) for k in x}
+                   lr: float, lr_sum: dict[str, float] | None = None) -> Arrays:
+    """Option II: c_i+ = c_i - c + (x - y_i) / (K * lr), K local steps of size lr.
+    ``lr_sum`` (by array name) replaces K * lr where the steps had other sizes (encoder
+    weights at their own rate, warm-up)."""
+    return {k: c_i[k] - c[k] + (x[k] - y[k]) / (steps * lr if lr_sum is None else lr_sum[k])
+            for k in x}
