@@ -16,7 +16,7 @@ from flwr.clientapp import ClientApp
 
 from clients.boundary import boundary_guard
 from clients.secagg import secure_aggregation
-from clients.state import recall, remember
+from clients.state import personal_model, recall, remember
 from fedsilo import config, protocol
 from fedsilo.arrays import from_record, to_record
 from fedsilo.silo import Silo, ray_node, silo_for
@@ -49,6 +49,13 @@ def _with_node(metrics: dict) -> dict:
     return metrics if node is None else {**metrics, protocol.RAY_NODE: node[0]}
 
 
+def _personal(silo: Silo, context: Context, kept, server_round: int):
+    """personalize.method = 'ditto': the personal model as round ``server_round`` left it."""
+    if silo.scenario.personalize.method != "ditto" or server_round < 1:
+        return None
+    return personal_model(context.state, kept, server_round)
+
+
 def _silo(context: Context) -> Silo:
     return silo_for(config.from_flat(dict(context.run_config)), dict(context.node_config))
 
@@ -69,11 +76,14 @@ def train(msg: Message, context: Context) -> Message:
     silo = _silo(context)
     settings = msg.content[protocol.CONFIG]
     server_round = int(settings[protocol.SERVER_ROUND])
+    kept = memory.snapshot_dir(silo.runtime.scratch, str(settings.get(
+        protocol.RUN_KEY, "run")), silo.name)
     evaluated = None
     if settings.get(protocol.EVALUATE_FIRST, False):  # the previous round's global model
         with failing_as(silo.name, silo.institution.kind,
                         f"evaluation (round {server_round - 1})"):
-            evaluated = run_evaluation(silo, from_record(msg.content[protocol.ARRAYS]))
+            evaluated = run_evaluation(silo, from_record(msg.content[protocol.ARRAYS]),
+                                       _personal(silo, context, kept, server_round - 1))
     with failing_as(silo.name, silo.institution.kind, f"training (round {server_round})"):
         ins = Instruction(
             server_round=server_round,
@@ -83,8 +93,6 @@ def train(msg: Message, context: Context) -> Message:
             if protocol.SCAFFOLD_CONTROL in msg.content else None,
             clip_norm=float(settings[protocol.CLIPPING_NORM])
             if protocol.CLIPPING_NORM in settings else None)
-        kept = memory.snapshot_dir(silo.runtime.scratch, str(settings.get(
-            protocol.RUN_KEY, "run")), silo.name)
         mem = recall(context.state, kept, server_round, silo)
         reply = run_training(silo, ins, mem)
         remember(context.state, kept, mem)
@@ -100,8 +108,15 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     silo = _silo(context)
-    server_round = int(msg.content[protocol.CONFIG][protocol.SERVER_ROUND])
+    settings = msg.content[protocol.CONFIG]
+    server_round = int(settings[protocol.SERVER_ROUND])
+    kept = memory.snapshot_dir(silo.runtime.scratch, str(settings.get(
+        protocol.RUN_KEY, "run")), silo.name)
     with failing_as(silo.name, silo.institution.kind, f"evaluation (round {server_round})"):
-        metrics = run_evaluation(silo, from_record(msg.content[protocol.ARRAYS]))
+        metrics = run_evaluation(
+            silo, from_record(msg.content[protocol.ARRAYS]),
+            _personal(silo, context, kept, server_round),
+            finetune=silo.scenario.personalize.method == "finetune"
+            and bool(settings.get(protocol.FINAL, False)))
     return Message(RecordDict({protocol.METRICS: MetricRecord(_with_node(metrics))}),
                    reply_to=msg)

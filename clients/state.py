@@ -25,6 +25,8 @@ def recall(state: RecordDict, kept: Path, server_round: int, silo: Silo) -> Memo
         mem.scaffold_variate = from_record(state[protocol.STATE_SCAFFOLD_VARIATE], np.float32)
     if protocol.STATE_DP in state:
         mem.dp_steps = int(state[protocol.STATE_DP]["steps"])
+    if protocol.STATE_PERSONAL in state:
+        mem.personal = from_record(state[protocol.STATE_PERSONAL], np.float32)
     if mem.round == server_round - 1 or server_round == 1 or not _keeps_memory(silo):
         return mem
     saved = memory.restore(kept, server_round - 1)
@@ -42,10 +44,22 @@ def remember(state: RecordDict, kept: Path, mem: Memory) -> None:
         state[protocol.STATE_SCAFFOLD_VARIATE] = to_record(mem.scaffold_variate, np.float32)
     if mem.dp_steps is not None:
         state[protocol.STATE_DP] = ConfigRecord({"steps": mem.dp_steps})
+    if mem.personal is not None:
+        state[protocol.STATE_PERSONAL] = to_record(mem.personal, np.float32)
     if not mem.empty():
         memory.store(kept, mem)
 
 
+def personal_model(state: RecordDict, kept: Path, server_round: int):
+    """The personal model as round ``server_round`` left it (to evaluate it): from the node
+    state, or from the node's disk in a resumed run; None if it has none yet."""
+    if protocol.STATE_PERSONAL in state and protocol.STATE_ROUND in state and \
+            int(state[protocol.STATE_ROUND]["round"]) == server_round:
+        return from_record(state[protocol.STATE_PERSONAL], np.float32)
+    saved = memory.restore(kept, server_round)
+    return None if saved is None else saved.personal
+
+
 def _keeps_memory(silo: Silo) -> bool:
     s = silo.scenario
-    return s.privacy.dp or s.strategy.name == "scaffold"
+    return s.privacy.dp or s.strategy.name == "scaffold" or s.personalize.method == "ditto"

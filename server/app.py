@@ -23,7 +23,7 @@ from fedsilo.models import Head
 from fedsilo.models import backbone as bb
 from fedsilo.models.scoped import ScopedModel
 from fedsilo.privacy import check_scenario
-from fedsilo.protocol import RUN_KEY
+from fedsilo.protocol import FINAL, RUN_KEY
 from server import fused
 from server.handshake import handshake
 from server.record import RunRecorder, TargetReached, _say, restore_random_states
@@ -119,13 +119,18 @@ def run_rounds(grid: Grid, strategy: Tracked, recorder: RunRecorder, arrays: Arr
     timeout = s.strategy.round_timeout_s
     key = run_key.removesuffix(results.INCOMPLETE).removesuffix(results.FAILED)
     pending = None  # with evaluation riding on training: the round awaiting its evaluation
+
+    def evaluate_alone(server_round: int, last: bool = False) -> None:
+        evaluate_round(grid, strategy, recorder, arrays, server_round, timeout, ConfigRecord(
+            {RUN_KEY: key, FINAL: last or server_round == s.scenario.rounds}))
+
     for r in range(first, s.scenario.rounds + 1):
         try:
             msgs = list(strategy.configure_train(r, arrays, ConfigRecord({RUN_KEY: key}),
                                                  grid))
         except PrivacyBudgetSpent:
             if pending is not None:
-                evaluate_round(grid, strategy, recorder, arrays, pending, timeout)
+                evaluate_alone(pending, last=True)
             raise
         recorder.on_round_start(r, len(msgs))
         riders: dict = {}
@@ -146,17 +151,18 @@ def run_rounds(grid: Grid, strategy: Tracked, recorder: RunRecorder, arrays: Arr
         if fused.fuses(s):
             pending = r
         else:
-            evaluate_round(grid, strategy, recorder, arrays, r, timeout)
+            evaluate_alone(r)
     if pending is not None:
-        evaluate_round(grid, strategy, recorder, arrays, pending, timeout)
+        evaluate_alone(pending)
     return arrays
 
 
 def evaluate_round(grid: Grid, strategy: Tracked, recorder: RunRecorder,
-                   arrays: ArrayRecord, server_round: int, timeout: float) -> None:
+                   arrays: ArrayRecord, server_round: int, timeout: float,
+                   settings: ConfigRecord | None = None) -> None:
     """Evaluate round ``server_round``'s global ``arrays`` with evaluate messages, and
     record the round."""
-    msgs = strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
+    msgs = strategy.configure_evaluate(server_round, arrays, settings or ConfigRecord(), grid)
     strategy.aggregate_evaluate(server_round, exchange(grid, msgs, timeout))
     recorder.on_round_end(server_round, arrays)
 

@@ -15,6 +15,7 @@ from fedsilo import results
 from fedsilo.arrays import from_record
 from fedsilo.config import Scenario
 from fedsilo.deploy import stream
+from fedsilo.metrics import confusion_from_flat, scores_from_confusion
 from fedsilo.protocol import RAY_NODE
 from strategies import RoundLedger, Tracked, aggregate_evaluate_metrics
 
@@ -133,6 +134,10 @@ class RunRecorder:
             }
             if "dp-epsilon" in t:
                 insts[name]["privacy"] = privacy_of(t)
+            if "personal-accuracy" in e:  # its own model (personalize.method)
+                insts[name]["personal"] = {"accuracy": e["personal-accuracy"],
+                                           "macro_f1": e["personal-macro-f1"],
+                                           "loss": e["personal-loss"]}
             if "best-epoch" in t:  # early stopping on the institution's validation rows
                 insts[name]["early_stopping"] = {"best_epoch": int(t["best-epoch"]),
                                                  "validation_loss": t["validation-loss"]}
@@ -146,6 +151,13 @@ class RunRecorder:
         train_loss = (sum(t["train-loss"] * t["num-examples"] for t in train.values())
                       / n_train) if n_train else None
         extra = {}
+        own = [e for e in evals.values() if "personal-confusion" in e]
+        if own:  # every institution's own model on its own test split, confusions summed
+            acc, f1 = scores_from_confusion(sum(
+                confusion_from_flat(list(e["personal-confusion"]),
+                                    int(round(len(e["personal-confusion"]) ** 0.5)))
+                for e in own))
+            extra["personal"] = {"accuracy": acc, "macro_f1": f1, "institutions": len(own)}
         if server_round in self.ledger.secagg:
             extra["secagg"] = self.ledger.secagg[server_round]
         if server_round in self.ledger.central_dp:

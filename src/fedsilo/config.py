@@ -309,6 +309,22 @@ class FaultsSection:
 
 
 @dataclass(frozen=True)
+class PersonalizeSection:
+    method: str = _opt("none", "each institution's own model beside the shared one: 'none'; "
+                       "'finetune': the final shared model trained further on the "
+                       "institution's own data; 'ditto': a personal model trained every "
+                       "round, pulled towards the shared one (docs/personalization.md)",
+                       choices=("none", "finetune", "ditto"))
+    epochs: int = _opt(2, "local epochs of personal training (finetune: once, after the "
+                       "last round; ditto: every round)", low=1)
+    lam: float = _opt(0.003, "ditto: weight lambda of lambda/2 * ||v - w_shared||^2 that pulls "
+                      "the personal model v towards the shared one", low=0)
+    compare_local: bool = _opt(True, "after a simulated run that personalises: train each "
+                               "institution alone as well (the local-only baseline) and print "
+                               "what each one gains against it")
+
+
+@dataclass(frozen=True)
 class Scenario:
     scenario: ScenarioSection = field(default_factory=ScenarioSection)
     federation: FederationSection = field(default_factory=FederationSection)
@@ -320,6 +336,7 @@ class Scenario:
     output: OutputSection = field(default_factory=OutputSection)
     privacy: PrivacySection = field(default_factory=PrivacySection)
     faults: FaultsSection = field(default_factory=FaultsSection)
+    personalize: PersonalizeSection = field(default_factory=PersonalizeSection)
 
     # -- views -------------------------------------------------------------------------
     def flat(self) -> dict[str, Any]:
@@ -439,6 +456,10 @@ def _check_whole(s: Scenario) -> None:
         raise ConfigError("config: 'strategy.name' = 'scaffold' needs 'train.optimizer' = "
                           "'sgd' (its control variates assume plain SGD steps)")
     _check_privacy(s)
+    if s.personalize.method != "none" and s.privacy.dp:
+        raise ConfigError(f"config: 'personalize.method' = '{s.personalize.method}' cannot be "
+                          f"used with 'privacy.dp' yet: personal training reads private "
+                          f"records that DP-SGD's accounting does not cover")
     if not s.scenario.name.strip() or any(c in s.scenario.name for c in "/\\ "):
         raise ConfigError(f"config: 'scenario.name' must be a non-empty name without "
                           f"spaces or slashes, got {s.scenario.name!r}")

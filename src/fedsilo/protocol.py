@@ -27,6 +27,8 @@ RUN_KEY = "fedsilo-run"  # the run's name, the same when it is resumed (fedsilo'
 # a training message that also asks for the evaluation of the arrays it carries (the
 # previous round's global model) before training (strategy.evaluation = 'with-training')
 EVALUATE_FIRST = "fedsilo-evaluate"
+# the evaluation after the last round (personalize.method = 'finetune' fine-tunes there)
+FINAL = "fedsilo-final"
 
 # -- the handshake -------------------------------------------------------------------------
 # only what the server needs: who the node is and how many examples it holds
@@ -46,10 +48,15 @@ CENTRAL_DP_METRICS = frozenset({NORM_BIT})
 # the institution's validation rows
 EARLY_STOP_METRICS = frozenset({"best-epoch", "validation-loss"})
 TRAIN_DECLARED = TRAIN_METRICS | DP_METRICS | CENTRAL_DP_METRICS | EARLY_STOP_METRICS
+# personalisation: the institution's own model on its own test split (never its weights)
+PERSONAL_METRICS = frozenset({"personal-loss", "personal-accuracy", "personal-macro-f1",
+                              "personal-confusion"})
 EVAL_METRICS = frozenset({NUM_EXAMPLES, "loss", "accuracy", "macro-f1",
-                          "confusion", "eval-time-s", RAY_NODE})
+                          "confusion", "eval-time-s", RAY_NODE}) | PERSONAL_METRICS
+CONFUSIONS = ("confusion", "personal-confusion")
 
 # -- what an institution keeps between rounds, in its own node state -----------------------
 STATE_SCAFFOLD_VARIATE = "scaffold-ci"  # SCAFFOLD's client variate c_i
 STATE_DP = "dp"  # DP-SGD: the steps taken so far
+STATE_PERSONAL = "personal"  # personalize.method = 'ditto': the personal model's arrays
 STATE_ROUND = "memory-round"  # the last round that updated the institution's memory

@@ -427,10 +427,33 @@ def _simulate_in(run_dir: Path, s: Scenario, fed, device, t0: float,
                               f"in {_shown(rd.final)})") from None
         raise RunFailed(f"{cause} (details: {_shown(rd.final)}/flower.log)") from cause
     _forget_node_memory(cache_dir, run_dir)
+    if s.personalize.method != "none" and s.personalize.compare_local:
+        compare_with_local(s, rd.final)
     from fedsilo.results.tracking import track
 
     track(rd.final, s, mlflow_parent)
     return RunOutcome(rd.final, json.loads((rd.final / "summary.json").read_text()))
+
+
+def compare_with_local(s: Scenario, run_dir: Path) -> dict:
+    """Train every institution alone (the local-only baseline, same rounds and training),
+    print what each one gains by joining, and keep it in the run's ``gains.json`` and
+    summary."""
+    from fedsilo.baselines import run_baseline
+    from fedsilo.results.compare import gains_table, personal_gains
+
+    print("\npersonalisation: training each institution alone for comparison (local-only "
+          "baseline) ...", flush=True)
+    local_dir = run_baseline(s.replace(**{"output.mlflow": False}), "local-only")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    gains = personal_gains(summary, json.loads((local_dir / "summary.json").read_text()))
+    gains["local_baseline"] = local_dir.name
+    results.write_json(run_dir / "gains.json", gains)
+    summary["gains"] = {"local_baseline": local_dir.name, "losers": gains["losers"]}
+    results.write_json(run_dir / "summary.json", summary)
+    print("\nwhat each institution gains by joining (its own test split; gain: the model it "
+          f"uses, personal, against local-only)\n{gains_table(gains)}", flush=True)
+    return gains
 
 
 def _interrupted(cause: BaseException, where: Path | None):

@@ -118,10 +118,12 @@ def test_fedavg_gives_the_same_result_whole_and_killed_and_resumed_even_with_a_d
 
 @pytest.mark.parametrize("sets", [
     ("strategy.name=fedadam",), ("strategy.name=scaffold", "train.optimizer=sgd"),
-    ("privacy.dp=true",)], ids=["fedadam", "scaffold", "dp-sgd"])
+    ("privacy.dp=true",), ("personalize.method=ditto", "personalize.compare_local=false")],
+    ids=["fedadam", "scaffold", "dp-sgd", "ditto"])
 def test_kill_9_then_resume_ends_where_the_uninterrupted_run_ends(tmp_path, cache_dir, sets):
     """Server state (moments, control variate), each institution's own memory (SCAFFOLD's
-    variate, DP-SGD's steps) and the random states all come back."""
+    variate, DP-SGD's steps, Ditto's personal model, scored in every row) and the random
+    states all come back."""
     sets = ("scenario.rounds=4", *sets)
     whole = subprocess.run(_cmd(tmp_path / "whole", cache_dir, *sets), cwd=tmp_path,
                            capture_output=True, text=True, timeout=600)

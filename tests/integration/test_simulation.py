@@ -105,7 +105,7 @@ def test_clients_send_only_the_shared_arrays_and_declared_metrics(smoke):
     """Every reply every institution sent, as recorded at the node's boundary."""
     from fedsilo import config
     from fedsilo.data import build_federation
-    from fedsilo.protocol import EVAL_METRICS, INFO_KEYS, TRAIN_METRICS
+    from fedsilo.protocol import EVAL_METRICS, INFO_KEYS, PERSONAL_METRICS, TRAIN_METRICS
 
     proc, runs = smoke
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -147,7 +147,8 @@ def test_clients_send_only_the_shared_arrays_and_declared_metrics(smoke):
                 assert e["arrays"] == {} and list(e["metrics"]) == ["metrics"]
                 evaluations = [e["metrics"]["metrics"]]
             for m in evaluations:
-                assert set(m) == EVAL_METRICS and len(m["confusion"]) == 8 * 8
+                assert set(m) == EVAL_METRICS - PERSONAL_METRICS
+                assert len(m["confusion"]) == 8 * 8
                 assert sum(m["confusion"]) == len(inst.test_texts)  # counts, not labels
             # no per-example values: every list is the 8 x 8 confusion matrix
             assert all(len(v) == 64 for m in e["metrics"].values() for v in m.values()

@@ -24,6 +24,7 @@ from flwr.app import Message
 from fedsilo.protocol import (
     ARRAYS,
     CONFIG,
+    CONFUSIONS,
     EVAL_METRICS,
     EVALUATE_FIRST,
     EVALUATION,
@@ -68,11 +69,12 @@ def check_reply(received: Message, reply: Message) -> list[str]:
             extra = set(metrics[name].keys()) - declared
             if extra:
                 problems.append(f"undeclared metrics {sorted(extra)}")
-            if declared is EVAL_METRICS and "confusion" in metrics[name]:
-                n = len(metrics[name]["confusion"])
-                if int(round(n ** 0.5)) ** 2 != n:
-                    problems.append(f"confusion of {n} values is not a label x label "
-                                    f"matrix")
+            for key in CONFUSIONS if declared is EVAL_METRICS else ():
+                if key in metrics[name]:
+                    n = len(metrics[name][key])
+                    if int(round(n ** 0.5)) ** 2 != n:
+                        problems.append(f"{key} of {n} values is not a label x label "
+                                        f"matrix")
     sent = received.content.array_records.get(ARRAYS)
     if kind == "evaluate":
         if arrays:

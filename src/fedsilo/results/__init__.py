@@ -328,9 +328,11 @@ def summarise(rows: list[dict], **extra: Any) -> dict:
     round; ``extra`` adds what a kind of run knows besides."""
     last = rows[-1]
     best = max(rows, key=lambda r: r["global"]["accuracy"])
-    return {"status": "completed", "rounds": len(rows),
-            "final": {"round": last["round"], "global": last["global"],
-                      "institutions": last["institutions"]},
+    final = {"round": last["round"], "global": last["global"],
+             "institutions": last["institutions"]}
+    if "personal" in last:
+        final["personal"] = last["personal"]
+    return {"status": "completed", "rounds": len(rows), "final": final,
             "best": {"round": best["round"], "global": best["global"]},
             "first_round": {"global": rows[0]["global"]}, **extra}
 
@@ -355,14 +357,27 @@ def _fmt(v: Any) -> str:
 
 
 def final_table(summary: dict) -> str:
-    """Accuracy and macro-F1 per institution and for the federation (final round)."""
+    """Accuracy and macro-F1 per institution and for the federation (final round); with a
+    personalisation method, each institution's own model beside the shared one."""
     final = summary["final"]
-    rows = [[name, r["kind"], r["test_examples"], r["accuracy"], r["macro_f1"]]
-            for name, r in final["institutions"].items()]
+    own = "personal" in final
+    rows = []
+    for name, r in final["institutions"].items():
+        row = [name, r["kind"], r["test_examples"], r["accuracy"], r["macro_f1"]]
+        if own:
+            p = r.get("personal") or {}
+            row += [p.get("accuracy", "-"), p.get("macro_f1", "-")]
+        rows.append(row)
     g = final["global"]
     label = "ALL (union of test splits)" if "note" not in g else "ALL (mean, federation test)"
-    rows.append([label, "-", g.get("test_examples", "-"), g["accuracy"], g["macro_f1"]])
-    return format_table(rows, ["institution", "kind", "test", "accuracy", "macro-F1"])
+    rows.append([label, "-", g.get("test_examples", "-"), g["accuracy"], g["macro_f1"]]
+                + ([final["personal"]["accuracy"], final["personal"]["macro_f1"]]
+                   if own else []))
+    header = ["institution", "kind", "test", "accuracy", "macro-F1"]
+    if own:
+        header = ["institution", "kind", "test", "shared acc", "shared F1", "personal acc",
+                  "personal F1"]
+    return format_table(rows, header)
 
 
 def privacy_table(summary: dict) -> str | None:

@@ -38,6 +38,8 @@ def comparison(run_dirs: list[Path]) -> tuple[list[str], list[list], dict]:
     header = ["institution", "kind"]
     for i in range(len(summaries)):
         header += [f"acc [{i + 1}]", f"F1 [{i + 1}]"]
+    own = [i for i, s in enumerate(summaries) if "personal" in s["final"]]
+    header += [f"personal acc [{i + 1}]" for i in own]  # personalised runs
     rows, data = [], {"runs": labels, "institutions": {}}
     for n in names:
         row = [n, None]
@@ -45,8 +47,11 @@ def comparison(run_dirs: list[Path]) -> tuple[list[str], list[list], dict]:
             inst = s["final"]["institutions"].get(n, {})
             row[1] = row[1] or inst.get("kind", "-")
             row += [_num(inst.get("accuracy")), _num(inst.get("macro_f1"))]
-        rows.append(row)
         data["institutions"][n] = row[2:]
+        for i in own:
+            p = summaries[i]["final"]["institutions"].get(n, {}).get("personal") or {}
+            row.append(_num(p.get("accuracy")))
+        rows.append(row)
     overall = ["ALL (federation-wide test)", "-"]
     worst = ["worst institution", "-"]
     spread = ["spread (best - worst)", "-"]
@@ -56,8 +61,11 @@ def comparison(run_dirs: list[Path]) -> tuple[list[str], list[list], dict]:
         overall += [s["final"]["global"]["accuracy"], s["final"]["global"]["macro_f1"]]
         worst += [min(accs) if accs else None, None]
         spread += [max(accs) - min(accs) if accs else None, None]
-    rows += [overall, worst, spread]
     data.update({"overall": overall[2:], "worst": worst[2::2], "spread": spread[2::2]})
+    overall += [summaries[i]["final"]["personal"]["accuracy"] for i in own]
+    worst += [None] * len(own)
+    spread += [None] * len(own)
+    rows += [overall, worst, spread]
     return header, [[("-" if c is None else c) for c in r] for r in rows], data
 
 
@@ -100,3 +108,54 @@ def plot(data: dict, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def personal_gains(run: dict, local: dict) -> dict:
+    """What each institution gains by joining: its local-only model, the shared model and
+    its own (personalised) model on its own test split, from a run's summary and the
+    local-only baseline's; the gain is the personal model's accuracy minus local-only's."""
+    out: dict = {"institutions": {}, "losers": []}
+    for name, inst in run["final"]["institutions"].items():
+        alone = local["final"]["institutions"].get(name)
+        own = inst.get("personal")
+        if alone is None or inst.get("accuracy") is None:
+            continue
+        used = own or inst  # the model the institution would use
+        gain = used["accuracy"] - alone["accuracy"]
+        out["institutions"][name] = {
+            "kind": inst["kind"],
+            "local": {"accuracy": alone["accuracy"], "macro_f1": alone["macro_f1"]},
+            "shared": {"accuracy": inst["accuracy"], "macro_f1": inst["macro_f1"]},
+            "personal": None if own is None else {"accuracy": own["accuracy"],
+                                                  "macro_f1": own["macro_f1"]},
+            "gain_accuracy": gain,
+            "gain_macro_f1": used["macro_f1"] - alone["macro_f1"]}
+        if gain < 0:
+            out["losers"].append(name)
+    return out
+
+
+def gains_table(g: dict) -> str:
+    """The gain table, and one sentence on who gains."""
+    rows = []
+    for name, v in g["institutions"].items():
+        p = v["personal"] or {}
+        rows.append([name, v["kind"], v["local"]["accuracy"], v["shared"]["accuracy"],
+                     p.get("accuracy", "-"), v["local"]["macro_f1"], v["shared"]["macro_f1"],
+                     p.get("macro_f1", "-"), f"{100 * v['gain_accuracy']:+.1f}"])
+    text = format_table(rows, ["institution", "kind", "local acc", "shared acc", "personal acc",
+                               "local F1", "shared F1", "personal F1", "gain (points)"])
+    insts = g["institutions"]
+    if not insts:
+        return text + "\nno institution could be compared with its local-only model"
+    if g["losers"]:
+        worst = min(g["losers"], key=lambda n: insts[n]["gain_accuracy"])
+        verdict = (f"{len(g['losers'])} of {len(insts)} institutions would have done better "
+                   f"alone: {', '.join(g['losers'])} (worst: {worst}, "
+                   f"{100 * insts[worst]['gain_accuracy']:+.1f} points of accuracy against "
+                   f"its local-only model)")
+    else:
+        least = min(insts, key=lambda n: insts[n]["gain_accuracy"])
+        verdict = (f"every institution gains against training alone (least: {least}, "
+                   f"{100 * insts[least]['gain_accuracy']:+.1f} points of accuracy)")
+    return text + "\n" + verdict

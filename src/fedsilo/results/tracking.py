@@ -24,12 +24,15 @@ GLOBAL_SCALARS = (("accuracy", ("global", "accuracy")), ("macro_f1", ("global", 
                   ("worst_accuracy", ("global", "worst_accuracy")),
                   ("bytes_up", ("bytes_up",)), ("bytes_down", ("bytes_down",)),
                   ("round_time_s", ("wall_time_s",)),
-                  ("epsilon_institution_level", ("central_dp", "epsilon")))
+                  ("epsilon_institution_level", ("central_dp", "epsilon")),
+                  ("personal_accuracy", ("personal", "accuracy")),
+                  ("personal_macro_f1", ("personal", "macro_f1")))
 INSTITUTION_SCALARS = (("accuracy", ("accuracy",)), ("macro_f1", ("macro_f1",)),
                        ("loss", ("loss",)), ("train_loss", ("train_loss",)),
                        ("train_time_s", ("train_time_s",)),
                        ("epsilon_record_level", ("privacy", "epsilon")),
-                       ("federation_accuracy", ("federation_accuracy",)))
+                       ("federation_accuracy", ("federation_accuracy",)),
+                       ("personal_accuracy", ("personal", "accuracy")))
 
 
 def _get(row: dict, path: tuple[str, ...]):

@@ -112,11 +112,13 @@ def holdout(n: int, share: float, seed: int) -> np.ndarray:
 def local_train(model: ScopedModel, source: FeatureSource, labels: np.ndarray,
                 t: TrainSection, seed: int, device: torch.device, prox_mu: float = 0.0,
                 correction: dict[str, torch.Tensor] | None = None,
-                validation: np.ndarray | None = None) -> TrainStats:
+                validation: np.ndarray | None = None,
+                anchor_to: dict[str, np.ndarray] | None = None) -> TrainStats:
     """Train ``model``'s trainable scope in place for ``t.local_epochs`` local passes.
 
     ``prox_mu`` > 0 adds FedProx's proximal term mu/2 * ||w - w_global||^2, with w_global
-    the weights at the start of the call. ``correction`` (SCAFFOLD's c - c_i, by parameter
+    the weights at the start of the call, or ``anchor_to`` (arrays by name; Ditto pulls a
+    personal model towards the shared one). ``correction`` (SCAFFOLD's c - c_i, by parameter
     name) is added to every gradient before the step. ``validation`` (row indices of
     ``source``) is held out of training: the loss on it is measured before the first
     epoch and after each one, training stops at the first epoch that does not lower it,
@@ -126,7 +128,11 @@ def local_train(model: ScopedModel, source: FeatureSource, labels: np.ndarray,
     model.train_mode()
     named = model.trainable()
     params = list(named.values())
-    anchor = [p.detach().clone() for p in params] if prox_mu > 0 else None
+    anchor = None
+    if prox_mu > 0:
+        anchor = [p.detach().clone() for p in params] if anchor_to is None else \
+            [torch.as_tensor(np.asarray(anchor_to[n], dtype=np.float32)).to(device)
+             for n in named]
     corr = [correction[n].to(device) for n in named] if correction is not None else None
     rows = np.arange(len(source))
     if validation is not None and len(validation):

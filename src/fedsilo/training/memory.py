@@ -4,7 +4,8 @@ institution's own disk.
 The node keeps its memory in its Flower node state (in memory) and, after every round that
 changed it, also writes it to ``<cache dir>/state/<run>/<institution>/round-NNNN.npz``. A
 resumed run (a new process, an empty node state) continues from that copy of the round
-before, so SCAFFOLD's client variate and the DP-SGD steps spent survive a killed process.
+before, so SCAFFOLD's client variate, the DP-SGD steps spent and a personal model survive a
+killed process.
 The server never sees it.
 """
 
@@ -31,10 +32,12 @@ class Memory:
 
     scaffold_variate: Arrays | None = None  # SCAFFOLD's c_i
     dp_steps: int | None = None  # DP-SGD steps taken in every round so far
+    personal: Arrays | None = None  # personalize.method = 'ditto': the personal model
     round: int = 0  # the last round that updated it
 
     def empty(self) -> bool:
-        return self.scaffold_variate is None and self.dp_steps is None
+        return self.scaffold_variate is None and self.dp_steps is None and \
+            self.personal is None
 
 
 def snapshot_dir(cache_dir: str | Path, run_key: str, institution: str) -> Path:
@@ -45,6 +48,7 @@ def store(directory: Path, memory: Memory) -> None:
     """Write ``memory`` after its round (atomically) and drop older snapshots."""
     directory.mkdir(parents=True, exist_ok=True)
     arrays = {f"scaffold/{k}": v for k, v in (memory.scaffold_variate or {}).items()}
+    arrays.update({f"personal/{k}": v for k, v in (memory.personal or {}).items()})
     if memory.dp_steps is not None:
         arrays["dp_steps"] = np.asarray(memory.dp_steps)
     path = directory / f"round-{memory.round:04d}.npz"
@@ -65,5 +69,7 @@ def restore(directory: Path, server_round: int) -> Memory | None:
         return None
     with np.load(path) as z:
         variate = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("scaffold/")}
+        personal = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("personal/")}
         steps = int(z["dp_steps"]) if "dp_steps" in z.files else None
-    return Memory(scaffold_variate=variate or None, dp_steps=steps, round=server_round)
+    return Memory(scaffold_variate=variate or None, dp_steps=steps, personal=personal or None,
+                  round=server_round)

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from fedsilo.arrays import Arrays
+from fedsilo.config import Scenario, TrainSection
 from fedsilo.faults import attack_update, flip_labels, flips_labels
 from fedsilo.models.scoped import ScopedModel
 from fedsilo.privacy import dpsgd
@@ -153,6 +154,25 @@ def optimise_dp_sgd(st: RoundState) -> None:
         "dp-stopped": int(stopped)})
 
 
+def train_personal(st: RoundState) -> None:
+    """Ditto: the institution's personal model v (its last one, or the received shared
+    weights w in its first round) trained on its own data for ``personalize.epochs`` with
+    lambda/2 * ||v - w||^2; kept in its memory, never sent."""
+    s = st.silo.scenario
+    w = st.instruction.arrays
+    st.model.set_arrays(st.memory.personal if st.memory.personal is not None else w)
+    local_train(st.model, st.silo.inputs(st.model, "train"), st.labels,
+                personal_training(s), round_seed(s.scenario.seed, st.instruction.server_round,
+                                                 f"{st.silo.name}/personal"),
+                st.silo.runtime.device, prox_mu=s.personalize.lam, anchor_to=w)
+    st.memory.personal = st.model.get_arrays()
+
+
+def personal_training(s: Scenario) -> TrainSection:
+    """The local training settings of a personal model (``personalize.epochs``)."""
+    return replace(s.train, local_epochs=s.personalize.epochs)
+
+
 def poison_update(st: RoundState) -> None:
     """A malicious institution sends a transformed update (``faults.behaviour``)."""
     st.trained = attack_update(st.instruction.arrays, st.trained, st.silo.scenario.faults,
@@ -218,6 +238,8 @@ def plan_training(silo: Silo, ins: Instruction) -> list[Step]:
         steps.append(optimise_scaffold)
     else:
         steps.append(optimise)
+    if s.personalize.method == "ditto":
+        steps.append(train_personal)
     if attacker:
         steps.append(poison_update)
     if s.privacy.central.mode.startswith("client"):
@@ -238,13 +260,29 @@ def run_training(silo: Silo, ins: Instruction, memory: Memory) -> Reply:
     return st.reply
 
 
-def run_evaluation(silo: Silo, arrays: Arrays) -> dict[str, float | int | list[int]]:
-    """The shared arrays scored on this institution's own test split."""
+def run_evaluation(silo: Silo, arrays: Arrays, personal: Arrays | None = None,
+                   finetune: bool = False) -> dict[str, float | int | list[int]]:
+    """The shared arrays scored on this institution's own test split; with a personal
+    model (``personal``, or with ``finetune`` the shared arrays trained further on the
+    institution's own training split), that one too."""
     t0 = time.perf_counter()
     model = silo.model()
     model.set_arrays(arrays)
-    stats = evaluate(model, silo.inputs(model, "test"), silo.targets("test"),
-                     len(silo.labels), silo.runtime.device)
-    return {NUM_EXAMPLES: stats.examples, "loss": stats.loss, "accuracy": stats.accuracy,
-            "macro-f1": stats.macro_f1, "confusion": [int(v) for v in stats.confusion.ravel()],
-            "eval-time-s": time.perf_counter() - t0}
+    test, labels = silo.inputs(model, "test"), silo.targets("test")
+    stats = evaluate(model, test, labels, len(silo.labels), silo.runtime.device)
+    out = {NUM_EXAMPLES: stats.examples, "loss": stats.loss, "accuracy": stats.accuracy,
+           "macro-f1": stats.macro_f1, "confusion": [int(v) for v in stats.confusion.ravel()]}
+    if finetune:
+        s = silo.scenario
+        local_train(model, silo.inputs(model, "train"), silo.targets("train"),
+                    personal_training(s), round_seed(s.scenario.seed, 0, f"{silo.name}/finetune"),
+                    silo.runtime.device)
+        personal = model.get_arrays()
+    if personal is not None:
+        model.set_arrays(personal)
+        own = evaluate(model, test, labels, len(silo.labels), silo.runtime.device)
+        out.update({"personal-loss": own.loss, "personal-accuracy": own.accuracy,
+                    "personal-macro-f1": own.macro_f1,
+                    "personal-confusion": [int(v) for v in own.confusion.ravel()]})
+    out["eval-time-s"] = time.perf_counter() - t0
+    return out

@@ -1,0 +1,137 @@
+"""Personalisation: Ditto's personal model and local fine-tuning stay on the node (kept in
+its memory, never in a reply), are scored beside the shared model, and the gain table
+compares each institution with training alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+
+from fedsilo import config, silo
+from fedsilo.config import ConfigError
+from fedsilo.privacy.boundary import check_reply
+from fedsilo.results.compare import gains_table, personal_gains
+from fedsilo.training import memory
+from fedsilo.training.memory import Memory
+from fedsilo.training.round import Instruction, run_evaluation, run_training
+
+SMOKE = "configs/smoke.toml"
+
+
+def _silo(cache_dir, *sets):
+    s = config.load(SMOKE, [f"simulation.cache_dir={cache_dir}", *sets])
+    labels, inst = silo.resolve_institution(s, {"partition-id": 1})
+    return silo.Silo(s, inst, labels, silo.runtime_for(s))
+
+
+def _start(node):
+    return {k: v.copy() for k, v in node.model().get_arrays().items()}
+
+
+def _distance(a, b):
+    return float(np.sqrt(sum(((a[k] - b[k]) ** 2).sum() for k in a)))
+
+
+def test_ditto_keeps_a_personal_model_beside_an_unchanged_shared_update(cache_dir):
+    plain = _silo(cache_dir)
+    w = _start(plain)
+    sent = run_training(plain, Instruction(1, w), Memory()).arrays
+    ditto = _silo(cache_dir, "personalize.method=\"ditto\"", "personalize.lam=0.0")
+    mem = Memory()
+    reply = run_training(ditto, Instruction(1, w), mem)
+    for k in sent:  # what travels is exactly what it would be without personalisation
+        np.testing.assert_array_equal(reply.arrays[k], sent[k], err_msg=k)
+    assert set(mem.personal) == set(w) and _distance(mem.personal, w) > 0
+    # lambda pulls the personal model towards the shared one
+    pulled = Memory()
+    run_training(_silo(cache_dir, "personalize.method=\"ditto\"", "personalize.lam=50.0"),
+                 Instruction(1, w), pulled)
+    assert _distance(pulled.personal, w) < 0.5 * _distance(mem.personal, w)
+    # round 2 continues the personal model from the memory, not from the new shared one
+    before = {k: v.copy() for k, v in mem.personal.items()}
+    run_training(ditto, Instruction(2, reply.arrays), mem)
+    assert _distance(mem.personal, before) > 0 and mem.round == 2
+
+
+def test_the_personal_model_survives_on_the_nodes_disk_exactly(tmp_path):
+    mem = Memory(personal={"head.out.weight": np.random.default_rng(0).normal(
+        size=(8, 64)).astype(np.float32)}, round=3)
+    memory.store(tmp_path, mem)
+    back = memory.restore(tmp_path, 3)
+    np.testing.assert_array_equal(back.personal["head.out.weight"],
+                                  mem.personal["head.out.weight"])
+    assert Memory().empty() and not Memory(personal={"x": np.zeros(1)}).empty()
+
+
+def test_evaluation_scores_the_personal_model_beside_the_shared_one(cache_dir):
+    node = _silo(cache_dir, "personalize.method=\"finetune\"", "personalize.epochs=3")
+    w = _start(node)
+    same = run_evaluation(node, w, personal=w)
+    assert same["personal-accuracy"] == same["accuracy"]
+    assert same["personal-confusion"] == same["confusion"]
+    assert "personal-accuracy" not in run_evaluation(node, w)
+    tuned = run_evaluation(node, w, finetune=True)  # trained further on its own data
+    assert tuned["accuracy"] == same["accuracy"]  # the shared model is scored as sent
+    assert tuned["personal-loss"] < tuned["loss"]
+    assert tuned["personal-accuracy"] > tuned["accuracy"]
+
+
+def test_personal_metrics_may_leave_a_node_and_personal_arrays_may_not(flower_identity):
+    shared = {"head.out.weight": np.zeros((2, 4), np.float32)}
+    ev = Message(RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in shared.items()}),
+                             "config": ConfigRecord({"server-round": 1})}),
+                 message_type=MessageType.EVALUATE, dst_node_id=1)
+    metrics = {"num-examples": 4, "loss": 1.0, "accuracy": 0.5, "macro-f1": 0.5,
+               "confusion": [1, 1, 1, 1], "personal-loss": 0.5, "personal-accuracy": 0.75,
+               "personal-macro-f1": 0.7, "personal-confusion": [2, 0, 1, 1]}
+    assert check_reply(ev, Message(RecordDict({"metrics": MetricRecord(metrics)}),
+                                   reply_to=ev)) == []
+    bad = {**metrics, "personal-confusion": [2, 0, 1]}
+    assert any("personal-confusion of 3 values" in p for p in check_reply(
+        ev, Message(RecordDict({"metrics": MetricRecord(bad)}), reply_to=ev)))
+    tr = Message(RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in shared.items()}),
+                             "config": ConfigRecord({"server-round": 1})}),
+                 message_type=MessageType.TRAIN, dst_node_id=1)
+    leak = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in shared.items()}),
+                       "personal": ArrayRecord({k: Array(v) for k, v in shared.items()}),
+                       "metrics": MetricRecord({"num-examples": 3, "train-loss": 1.0,
+                                                "train-loss-first-epoch": 1.0, "steps": 1,
+                                                "train-time-s": 0.1})})
+    assert any("'personal'" in p for p in check_reply(tr, Message(leak, reply_to=tr)))
+
+
+def test_personal_training_with_dp_sgd_is_refused_naming_the_field():
+    with pytest.raises(ConfigError, match="'personalize.method' = 'ditto' cannot be used "
+                                          "with 'privacy.dp'"):
+        config.load(SMOKE, ["personalize.method=\"ditto\"", "privacy.dp=true"])
+
+
+def _summary(insts, personal=True):
+    return {"final": {"institutions": {
+        n: {"kind": "bank", "accuracy": a, "macro_f1": a - 0.1,
+            **({"personal": {"accuracy": p, "macro_f1": p - 0.1}} if personal else {})}
+        for n, (a, p) in insts.items()}}}
+
+
+def test_the_gain_table_names_who_would_have_done_better_alone():
+    run = _summary({"bank-1": (0.70, 0.80), "bank-2": (0.74, 0.76)})
+    local = _summary({"bank-1": (0.60, None), "bank-2": (0.79, None)}, personal=False)
+    g = personal_gains(run, local)
+    assert g["institutions"]["bank-1"]["gain_accuracy"] == pytest.approx(0.20)
+    assert g["institutions"]["bank-2"]["gain_accuracy"] == pytest.approx(-0.03)
+    assert g["losers"] == ["bank-2"]
+    text = gains_table(g)
+    assert "1 of 2 institutions would have done better alone: bank-2 (worst: bank-2, " \
+           "-3.0 points" in text
+    better = personal_gains(_summary({"bank-1": (0.7, 0.8), "bank-2": (0.7, 0.8)}), local)
+    assert "every institution gains against training alone (least: bank-2, +1.0 points" \
+        in gains_table(better)
