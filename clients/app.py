@@ -50,8 +50,9 @@ def _with_node(metrics: dict) -> dict:
 
 
 def _personal(silo: Silo, context: Context, kept, server_round: int):
-    """personalize.method = 'ditto': the personal model as round ``server_round`` left it."""
-    if silo.scenario.personalize.method != "ditto" or server_round < 1:
+    """The personal model (personalize.method 'ditto') or private output layer ('split')
+    as round ``server_round`` left it."""
+    if silo.scenario.personalize.method not in ("ditto", "split") or server_round < 1:
         return None
     return personal_model(context.state, kept, server_round)
 

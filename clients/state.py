@@ -62,4 +62,5 @@ def personal_model(state: RecordDict, kept: Path, server_round: int):
 
 def _keeps_memory(silo: Silo) -> bool:
     s = silo.scenario
-    return s.privacy.dp or s.strategy.name == "scaffold" or s.personalize.method == "ditto"
+    return s.privacy.dp or s.strategy.name == "scaffold" or \
+        s.personalize.method in ("ditto", "split")

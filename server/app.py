@@ -23,7 +23,7 @@ from fedsilo.models import Head
 from fedsilo.models import backbone as bb
 from fedsilo.models.scoped import ScopedModel
 from fedsilo.privacy import check_scenario
-from fedsilo.protocol import FINAL, RUN_KEY
+from fedsilo.protocol import FINAL, PRIVATE_PREFIX, RUN_KEY
 from server import fused
 from server.handshake import handshake
 from server.record import RunRecorder, TargetReached, _say, restore_random_states
@@ -175,12 +175,19 @@ def initial_arrays(s: config.Scenario, num_labels: int) -> ArrayRecord:
         with torch.random.fork_rng():
             torch.manual_seed(s.scenario.seed)  # as ScopedModel seeds its head
             head = Head(ref.hidden_size, num_labels, s.model.head_hidden, s.model.dropout)
-        return to_record({f"head.{k}": v.detach().numpy().copy()
-                          for k, v in head.state_dict().items()})
+        return to_record(_shared_only(s, {f"head.{k}": v.detach().numpy().copy()
+                                          for k, v in head.state_dict().items()}))
     tokenizer, backbone = bb.load(ref.location)
     # the scope unfreezes or wraps weights: work on a copy of the process's frozen backbone
     model = ScopedModel(copy.deepcopy(backbone), tokenizer, s.model, num_labels,
                         seed=s.scenario.seed)
-    arrays = to_record(model.get_arrays())
+    arrays = to_record(_shared_only(s, model.get_arrays()))
     del model
     return arrays
+
+
+def _shared_only(s: config.Scenario, arrays: dict) -> dict:
+    """Without what stays at the institutions (personalize.method = 'split': the output
+    layer)."""
+    split = s.personalize.method == "split"
+    return {k: v for k, v in arrays.items() if not (split and k.startswith(PRIVATE_PREFIX))}

@@ -313,8 +313,10 @@ class PersonalizeSection:
     method: str = _opt("none", "each institution's own model beside the shared one: 'none'; "
                        "'finetune': the final shared model trained further on the "
                        "institution's own data; 'ditto': a personal model trained every "
-                       "round, pulled towards the shared one (docs/personalization.md)",
-                       choices=("none", "finetune", "ditto"))
+                       "round, pulled towards the shared one; 'split': a shared body and a "
+                       "private output layer that never leaves the institution "
+                       "(docs/personalization.md)",
+                       choices=("none", "finetune", "ditto", "split"))
     epochs: int = _opt(2, "local epochs of personal training (finetune: once, after the "
                        "last round; ditto: every round)", low=1)
     lam: float = _opt(0.003, "ditto: weight lambda of lambda/2 * ||v - w_shared||^2 that pulls "
@@ -456,6 +458,15 @@ def _check_whole(s: Scenario) -> None:
         raise ConfigError("config: 'strategy.name' = 'scaffold' needs 'train.optimizer' = "
                           "'sgd' (its control variates assume plain SGD steps)")
     _check_privacy(s)
+    if s.personalize.method == "split" and s.model.scope == "head" and \
+            s.model.head_hidden == 0:
+        raise ConfigError("config: 'personalize.method' = 'split' keeps the output layer "
+                          "private, so something else must be shared: set "
+                          "'model.head_hidden' > 0 or 'model.scope' to top-k, lora or full")
+    if s.personalize.method == "split" and s.strategy.name == "scaffold":
+        raise ConfigError("config: 'personalize.method' = 'split' cannot be used with "
+                          "'strategy.name' = 'scaffold' (its control variates cover every "
+                          "trained weight, the private layer included)")
     if s.personalize.method != "none" and s.privacy.dp:
         raise ConfigError(f"config: 'personalize.method' = '{s.personalize.method}' cannot be "
                           f"used with 'privacy.dp' yet: personal training reads private "

@@ -58,5 +58,8 @@ CONFUSIONS = ("confusion", "personal-confusion")
 # -- what an institution keeps between rounds, in its own node state -----------------------
 STATE_SCAFFOLD_VARIATE = "scaffold-ci"  # SCAFFOLD's client variate c_i
 STATE_DP = "dp"  # DP-SGD: the steps taken so far
-STATE_PERSONAL = "personal"  # personalize.method = 'ditto': the personal model's arrays
+# personalize.method = 'split': the arrays that stay with the institution (its own output
+# layer): never sent, never aggregated
+PRIVATE_PREFIX = "head.out."
+STATE_PERSONAL = "personal"  # 'ditto': the personal model; 'split': the private layer
 STATE_ROUND = "memory-round"  # the last round that updated the institution's memory

@@ -61,7 +61,8 @@ def test_ditto_scores_every_personal_model_every_round_and_sends_only_the_shared
     assert [v for _, v in tb["bank-1"]["personal_accuracy"]] == pytest.approx(
         [r["institutions"]["bank-1"]["personal"]["accuracy"] for r in _rows(run)])
     assert "what each institution gains by joining" in proc.stdout
-    assert ("every institution gains" in proc.stdout) == (gains["losers"] == [])
+    assert ("no institution does worse than training alone" in proc.stdout) == (
+        gains["losers"] == [])
     assert "personal acc" in proc.stdout
 
 
@@ -76,3 +77,25 @@ def test_finetune_scores_a_personal_model_after_the_last_round_only(tmp_path, ca
     # fine-tuning on its own data lowers each institution's test loss below the shared one
     assert sum(v["personal"]["loss"] < v["loss"] for v in rows[-1]["institutions"].values()) \
         >= 3
+
+
+def test_split_never_sends_or_stores_the_private_layer(tmp_path, cache_dir):
+    import numpy as np
+
+    proc, runs = run_scenario(tmp_path, cache_dir, "smoke.toml", "scenario.rounds=2",
+                              "personalize.method=\"split\"", "model.head_hidden=16",
+                              "personalize.compare_local=false", "output.audit=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = runs[0]
+    body = 64 * 16 + 16  # head.hidden: what is shared
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["bytes"]["per_round_up"] == 4 * body * 4
+    with np.load(run / "head.npz") as z:  # the server's final model: the body only
+        assert sorted(z.files) == ["head.hidden.bias", "head.hidden.weight"]
+    for name in summary["final"]["institutions"]:
+        for e in (json.loads(x) for x in
+                  (run / "audit" / f"{name}.jsonl").read_text().splitlines()):
+            if e["type"] == "train":
+                assert set(e["arrays"]["arrays"]) == {"head.hidden.weight",
+                                                      "head.hidden.bias"}
+    assert all(r["personal"]["institutions"] == 4 for r in _rows(run))

@@ -133,5 +133,35 @@ def test_the_gain_table_names_who_would_have_done_better_alone():
     assert "1 of 2 institutions would have done better alone: bank-2 (worst: bank-2, " \
            "-3.0 points" in text
     better = personal_gains(_summary({"bank-1": (0.7, 0.8), "bank-2": (0.7, 0.8)}), local)
-    assert "every institution gains against training alone (least: bank-2, +1.0 points" \
+    assert "no institution does worse than training alone (least gain: bank-2, +1.0 points" \
         in gains_table(better)
+
+
+def test_split_sends_the_body_and_keeps_its_own_output_layer(cache_dir):
+    node = _silo(cache_dir, "personalize.method=\"split\"", "model.head_hidden=16")
+    body = {k: v for k, v in _start(node).items() if not k.startswith("head.out.")}
+    assert set(body) == {"head.hidden.weight", "head.hidden.bias"}
+    mem = Memory()
+    reply = run_training(node, Instruction(1, body), mem)
+    assert set(reply.arrays) == set(body)  # the private layer never travels
+    assert set(mem.personal) == {"head.out.weight", "head.out.bias"}
+    first = {k: v.copy() for k, v in mem.personal.items()}
+    run_training(node, Instruction(2, reply.arrays), mem)  # continues its own layer
+    assert _distance(mem.personal, first) > 0
+    # the institution's model is the shared body with its own layer, scored as both
+    scored = run_evaluation(node, reply.arrays, personal=mem.personal)
+    assert scored["accuracy"] == scored["personal-accuracy"]
+    # a fresh private layer is seeded per institution: the same in every process
+    again = Memory()
+    run_training(node, Instruction(1, body), again)
+    np.testing.assert_array_equal(again.personal["head.out.weight"],
+                                  first["head.out.weight"])
+
+
+@pytest.mark.parametrize("sets, message", [
+    ((), "set 'model.head_hidden' > 0 or 'model.scope'"),
+    (("model.head_hidden=8", "strategy.name=\"scaffold\"", "train.optimizer=\"sgd\""),
+     "cannot be used with 'strategy.name' = 'scaffold'")])
+def test_split_needs_something_to_share_and_no_scaffold(sets, message):
+    with pytest.raises(ConfigError, match=message):
+        config.load(SMOKE, ["personalize.method=\"split\"", *sets])

@@ -156,6 +156,6 @@ def gains_table(g: dict) -> str:
                    f"its local-only model)")
     else:
         least = min(insts, key=lambda n: insts[n]["gain_accuracy"])
-        verdict = (f"every institution gains against training alone (least: {least}, "
+        verdict = (f"no institution does worse than training alone (least gain: {least}, "
                    f"{100 * insts[least]['gain_accuracy']:+.1f} points of accuracy)")
     return text + "\n" + verdict

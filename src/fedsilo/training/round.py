@@ -27,7 +27,7 @@ from fedsilo.faults import attack_update, flip_labels, flips_labels
 from fedsilo.models.scoped import ScopedModel
 from fedsilo.privacy import dpsgd
 from fedsilo.privacy.central import clip_update
-from fedsilo.protocol import NORM_BIT, NUM_EXAMPLES
+from fedsilo.protocol import NORM_BIT, NUM_EXAMPLES, PRIVATE_PREFIX
 from fedsilo.silo import Silo
 from fedsilo.training import (
     TrainStats,
@@ -87,10 +87,44 @@ def inject_crash(st: RoundState) -> None:
 
 
 def load_shared_arrays(st: RoundState) -> None:
-    """Start from the received shared arrays, on this institution's own training labels."""
+    """Start from the received shared arrays, on this institution's own training labels
+    (``personalize.method = 'split'``: with its own private output layer)."""
     st.model = st.silo.model()
-    st.model.set_arrays(st.instruction.arrays)
+    st.model.set_arrays(with_private_layer(st.silo, st.model, st.instruction.arrays,
+                                           st.memory.personal))
     st.labels = st.silo.targets("train")
+
+
+def is_private(name: str, s: Scenario) -> bool:
+    return s.personalize.method == "split" and name.startswith(PRIVATE_PREFIX)
+
+
+def with_private_layer(silo: Silo, model: ScopedModel, shared: Arrays,
+                       private: Arrays | None) -> Arrays:
+    """The arrays the model runs with: the shared ones, and with 'split' the institution's
+    private output layer (its own, or in its first round a seeded fresh one)."""
+    if silo.scenario.personalize.method != "split":
+        return shared
+    if private is None:  # as torch initialises a Linear layer, seeded per institution
+        import torch
+
+        gen = torch.Generator().manual_seed(round_seed(silo.scenario.scenario.seed, 0,
+                                                       f"{silo.name}/private"))
+        private = {}
+        for name, p in model.trainable().items():
+            if name.startswith(PRIVATE_PREFIX):
+                bound = 1 / max(1, model.head.out.in_features) ** 0.5
+                private[name] = ((torch.rand(p.shape, generator=gen) * 2 - 1)
+                                 * bound).numpy()
+    return {**shared, **private}
+
+
+def keep_private_layer(st: RoundState) -> None:
+    """'split': the trained output layer goes to the institution's memory, the rest is
+    what it sends."""
+    s = st.silo.scenario
+    st.memory.personal = {k: v for k, v in st.trained.items() if is_private(k, s)}
+    st.trained = {k: v for k, v in st.trained.items() if not is_private(k, s)}
 
 
 def poison_labels(st: RoundState) -> None:
@@ -240,6 +274,8 @@ def plan_training(silo: Silo, ins: Instruction) -> list[Step]:
         steps.append(optimise)
     if s.personalize.method == "ditto":
         steps.append(train_personal)
+    if s.personalize.method == "split":
+        steps.append(keep_private_layer)
     if attacker:
         steps.append(poison_update)
     if s.privacy.central.mode.startswith("client"):
@@ -267,6 +303,8 @@ def run_evaluation(silo: Silo, arrays: Arrays, personal: Arrays | None = None,
     institution's own training split), that one too."""
     t0 = time.perf_counter()
     model = silo.model()
+    if silo.scenario.personalize.method == "split":  # the only model: body + own layer
+        arrays = personal = with_private_layer(silo, model, arrays, personal)
     model.set_arrays(arrays)
     test, labels = silo.inputs(model, "test"), silo.targets("test")
     stats = evaluate(model, test, labels, len(silo.labels), silo.runtime.device)
