@@ -29,11 +29,12 @@ def recall(state: RecordDict, kept: Path, server_round: int, silo: Silo) -> Memo
         mem.personal = from_record(state[protocol.STATE_PERSONAL], np.float32)
     if mem.round == server_round - 1 or server_round == 1 or not _keeps_memory(silo):
         return mem
-    saved = memory.restore(kept, server_round - 1)
-    if saved is None:
-        raise RuntimeError(f"no memory of round {server_round - 1} to continue from "
-                           f"(looked in {kept})")
-    return saved
+    if 0 < mem.round < server_round - 1:  # not sampled since: what it keeps is current
+        return mem
+    # a resumed run (a fresh node state): the copy on its own disk of the last round it
+    # trained up to round server_round - 1, or nothing if it never trained
+    saved = memory.restore_latest(kept, server_round - 1)
+    return Memory() if saved is None else saved
 
 
 def remember(state: RecordDict, kept: Path, mem: Memory) -> None:
@@ -54,9 +55,9 @@ def personal_model(state: RecordDict, kept: Path, server_round: int):
     """The personal model as round ``server_round`` left it (to evaluate it): from the node
     state, or from the node's disk in a resumed run; None if it has none yet."""
     if protocol.STATE_PERSONAL in state and protocol.STATE_ROUND in state and \
-            int(state[protocol.STATE_ROUND]["round"]) == server_round:
+            int(state[protocol.STATE_ROUND]["round"]) <= server_round:
         return from_record(state[protocol.STATE_PERSONAL], np.float32)
-    saved = memory.restore(kept, server_round)
+    saved = memory.restore_latest(kept, server_round)
     return None if saved is None else saved.personal
 
 

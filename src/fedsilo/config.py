@@ -467,10 +467,11 @@ def _check_whole(s: Scenario) -> None:
         raise ConfigError("config: 'personalize.method' = 'split' cannot be used with "
                           "'strategy.name' = 'scaffold' (its control variates cover every "
                           "trained weight, the private layer included)")
-    if s.personalize.method != "none" and s.privacy.dp:
-        raise ConfigError(f"config: 'personalize.method' = '{s.personalize.method}' cannot be "
-                          f"used with 'privacy.dp' yet: personal training reads private "
-                          f"records that DP-SGD's accounting does not cover")
+    if s.personalize.method == "finetune" and s.privacy.dp:
+        raise ConfigError("config: 'personalize.method' = 'finetune' cannot be used with "
+                          "'privacy.dp' yet: its fine-tuning after the last round would read "
+                          "private records outside DP-SGD's accounting ('ditto' and "
+                          "'split' are accounted)")
     if not s.scenario.name.strip() or any(c in s.scenario.name for c in "/\\ "):
         raise ConfigError(f"config: 'scenario.name' must be a non-empty name without "
                           f"spaces or slashes, got {s.scenario.name!r}")

@@ -99,3 +99,20 @@ def test_split_never_sends_or_stores_the_private_layer(tmp_path, cache_dir):
                 assert set(e["arrays"]["arrays"]) == {"head.hidden.weight",
                                                       "head.hidden.bias"}
     assert all(r["personal"]["institutions"] == 4 for r in _rows(run))
+
+
+def test_ditto_under_dp_sgd_reports_both_models_steps_in_one_epsilon(tmp_path, cache_dir):
+    from tests.helpers import dp_sgd_epsilon
+
+    proc, runs = run_scenario(tmp_path, cache_dir, "smoke.toml", "scenario.rounds=2",
+                              "privacy.dp=true", "personalize.method=\"ditto\"",
+                              "personalize.epochs=1", "personalize.compare_local=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((runs[0] / "summary.json").read_text())["privacy"]["institutions"]
+    for v in report.values():
+        q = v["sampling_rate"]
+        shared, personal = round(3 / q), round(1 / q)  # smoke: 3 local epochs; 1 personal
+        assert v["steps"] == 2 * (shared + personal)
+        assert v["epsilon"] == pytest.approx(dp_sgd_epsilon(
+            v["noise_multiplier"], q, v["steps"], v["delta"]), rel=0.01)
+    assert all(r["personal"]["institutions"] == 4 for r in _rows(runs[0]))

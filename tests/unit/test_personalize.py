@@ -109,10 +109,36 @@ def test_personal_metrics_may_leave_a_node_and_personal_arrays_may_not(flower_id
     assert any("'personal'" in p for p in check_reply(tr, Message(leak, reply_to=tr)))
 
 
-def test_personal_training_with_dp_sgd_is_refused_naming_the_field():
-    with pytest.raises(ConfigError, match="'personalize.method' = 'ditto' cannot be used "
+def test_finetune_with_dp_sgd_is_refused_naming_the_field():
+    with pytest.raises(ConfigError, match="'personalize.method' = 'finetune' cannot be used "
                                           "with 'privacy.dp'"):
-        config.load(SMOKE, ["personalize.method=\"ditto\"", "privacy.dp=true"])
+        config.load(SMOKE, ["personalize.method=\"finetune\"", "privacy.dp=true"])
+
+
+def test_ditto_under_dp_sgd_spends_its_personal_steps_in_the_same_budget(cache_dir):
+    from fedsilo.privacy import dpsgd
+    from tests.helpers import dp_sgd_epsilon
+
+    node = _silo(cache_dir, "privacy.dp=true", "privacy.target_epsilon=4.0",
+                 "personalize.method=\"ditto\"", "personalize.epochs=1")
+    s, n = node.scenario, len(node.institution.train_texts)
+    plan = dpsgd.plan(s.privacy, s.train, n, s.scenario.rounds, personal_epochs=1)
+    shared_only = dpsgd.plan(s.privacy, s.train, n, s.scenario.rounds)
+    assert plan.steps_per_round == shared_only.steps_per_round
+    assert plan.personal_steps_per_round == round(1 / plan.sampling_rate) > 0
+    # the noise is calibrated to every step on the records, the personal ones included
+    assert plan.noise_multiplier > shared_only.noise_multiplier
+    assert plan.epsilon_after(s.scenario.rounds * plan.all_steps_per_round) <= 4.0
+    w = _start(node)
+    mem = Memory()
+    reply = run_training(node, Instruction(1, w), mem)
+    m = reply.metrics
+    assert m["dp-steps"] == mem.dp_steps == plan.all_steps_per_round
+    assert m["dp-epsilon"] == pytest.approx(dp_sgd_epsilon(
+        m["dp-noise-multiplier"], m["dp-sampling-rate"], m["dp-steps"], m["dp-delta"]),
+        rel=0.01)
+    assert set(mem.personal) == set(w) and _distance(mem.personal, w) > 0
+    assert _distance(reply.arrays, mem.personal) > 0  # two models, one budget
 
 
 def _summary(insts, personal=True):
@@ -165,3 +191,20 @@ def test_split_sends_the_body_and_keeps_its_own_output_layer(cache_dir):
 def test_split_needs_something_to_share_and_no_scaffold(sets, message):
     with pytest.raises(ConfigError, match=message):
         config.load(SMOKE, ["personalize.method=\"split\"", *sets])
+
+
+def test_an_institution_not_sampled_for_rounds_keeps_its_memory(tmp_path, cache_dir):
+    from clients.state import personal_model, recall, remember
+
+    node = _silo(cache_dir, "personalize.method=\"ditto\"")
+    own = {"head.out.weight": np.arange(4, dtype=np.float32).reshape(2, 2)}
+    state = RecordDict()
+    remember(state, tmp_path, Memory(personal=own, round=2))
+    for got in (recall(state, tmp_path, 5, node),  # not sampled in rounds 3 and 4
+                recall(RecordDict(), tmp_path, 5, node)):  # resumed: from its own disk
+        assert got.round == 2
+        np.testing.assert_array_equal(got.personal["head.out.weight"],
+                                      own["head.out.weight"])
+    np.testing.assert_array_equal(personal_model(RecordDict(), tmp_path, 4)[
+        "head.out.weight"], own["head.out.weight"])
+    assert recall(RecordDict(), tmp_path / "never", 5, node).empty()  # never trained

@@ -84,26 +84,43 @@ class DPPlan:
     sampling_rate: float
     steps_per_round: int
     delta: float
+    personal_steps_per_round: int = 0  # personalize.method = 'ditto': the personal model's
+
+    @property
+    def all_steps_per_round(self) -> int:
+        """Every DP-SGD step a round takes on the institution's records."""
+        return self.steps_per_round + self.personal_steps_per_round
+
+    def personal(self) -> DPPlan:
+        """The plan of the personal model's training (same noise, sampling and clip)."""
+        return DPPlan(self.noise_multiplier, self.max_grad_norm, self.sampling_rate,
+                      self.personal_steps_per_round, self.delta)
 
     def epsilon_after(self, steps: int) -> float:
         return epsilon(self.noise_multiplier, self.sampling_rate, steps, self.delta)
 
 
-def plan(p: PrivacySection, t: TrainSection, n: int, rounds: int) -> DPPlan:
+def plan(p: PrivacySection, t: TrainSection, n: int, rounds: int,
+         personal_epochs: int = 0) -> DPPlan:
     """The institution's plan: q from the batch size, sigma given or derived from the
-    target epsilon over all its rounds."""
+    target epsilon over all its rounds, the personal model's steps (``personal_epochs``
+    per round) included."""
     q = min(1.0, t.batch_size / n)
     steps = max(1, round(t.local_epochs / q))
+    personal = max(1, round(personal_epochs / q)) if personal_epochs else 0
     delta = p.delta if p.delta > 0 else 1.0 / (10 * n)
     sigma = p.noise_multiplier
     if p.target_epsilon > 0:
-        sigma = noise_for_target(p.target_epsilon, q, steps * rounds, delta)
-    return DPPlan(sigma, p.max_grad_norm, q, steps, delta)
+        sigma = noise_for_target(p.target_epsilon, q, (steps + personal) * rounds, delta)
+    return DPPlan(sigma, p.max_grad_norm, q, steps, delta, personal)
 
 
 def dp_train(model, source, labels: np.ndarray, t: TrainSection, dp: DPPlan, seed: int,
-             device: torch.device, clipped_sum=None) -> tuple[float, int]:
+             device: torch.device, clipped_sum=None, prox_mu: float = 0.0,
+             anchor_to: dict[str, np.ndarray] | None = None) -> tuple[float, int]:
     """One round of DP-SGD on ``model``'s trainable scope; returns (mean loss, steps).
+    ``prox_mu`` > 0 adds prox_mu * (w - anchor) to each privatised gradient (Ditto's pull
+    towards ``anchor_to``: it reads no record, so it costs no privacy).
 
     Each step's per-example gradients come from one batched backward pass
     (``clipped_sum_batched``; ``clipped_sum_loop`` is the one-example-at-a-time
@@ -114,6 +131,8 @@ def dp_train(model, source, labels: np.ndarray, t: TrainSection, dp: DPPlan, see
     params = list(named.values())
     opt = make_optimizer(model, t)
     sched = warmup(opt, t, dp.steps_per_round)
+    anchor = [torch.as_tensor(np.asarray(anchor_to[k], dtype=np.float32)).to(device)
+              for k in named] if prox_mu > 0 and anchor_to is not None else None
     rng = np.random.default_rng(seed)
     gen = torch.Generator(device="cpu").manual_seed(int(seed) % (2**63))
     torch.manual_seed(seed)
@@ -132,10 +151,12 @@ def dp_train(model, source, labels: np.ndarray, t: TrainSection, dp: DPPlan, see
             else:
                 summed = [torch.zeros_like(p) for p in params]
             expected = dp.sampling_rate * n
-            for p, s in zip(params, summed, strict=True):
+            for i, (p, s) in enumerate(zip(params, summed, strict=True)):
                 noise = torch.normal(0.0, dp.noise_multiplier * dp.max_grad_norm,
                                      size=p.shape, generator=gen).to(device)
                 p.grad = (s + noise) / expected
+                if anchor is not None:
+                    p.grad.add_(prox_mu * (p.detach() - anchor[i]))
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)

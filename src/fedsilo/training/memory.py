@@ -73,3 +73,11 @@ def restore(directory: Path, server_round: int) -> Memory | None:
         steps = int(z["dp_steps"]) if "dp_steps" in z.files else None
     return Memory(scaffold_variate=variate or None, dp_steps=steps, personal=personal or None,
                   round=server_round)
+
+
+def restore_latest(directory: Path, server_round: int) -> Memory | None:
+    """The memory after the last round up to ``server_round`` that updated it (an
+    institution not sampled in some rounds keeps its memory of an earlier one)."""
+    rounds = sorted(int(p.stem.split("-")[1]) for p in directory.glob("round-*.npz"))
+    done = [r for r in rounds if r <= server_round]
+    return restore(directory, done[-1]) if done else None

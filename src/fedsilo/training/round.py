@@ -168,10 +168,12 @@ def optimise_dp_sgd(st: RoundState) -> None:
     s = st.silo.scenario
     p = s.privacy
     source = st.silo.inputs(st.model, "train")
-    plan = dpsgd.plan(p, s.train, len(source), s.scenario.rounds)
+    ditto = s.personalize.method == "ditto"
+    plan = dpsgd.plan(p, s.train, len(source), s.scenario.rounds,
+                      personal_epochs=s.personalize.epochs if ditto else 0)
     spent = st.memory.dp_steps or 0
     stopped = p.max_epsilon > 0 and \
-        plan.epsilon_after(spent + plan.steps_per_round) > p.max_epsilon
+        plan.epsilon_after(spent + plan.all_steps_per_round) > p.max_epsilon
     if stopped:
         st.stats = TrainStats(loss=0.0, first_loss=0.0, steps=0, examples=0)
     else:
@@ -179,8 +181,18 @@ def optimise_dp_sgd(st: RoundState) -> None:
                                      st.silo.runtime.device)
         spent += steps
         st.stats = TrainStats(loss=loss, first_loss=loss, steps=steps, examples=len(source))
-    st.memory.dp_steps = spent
     st.trained = st.model.get_arrays()
+    if ditto and not stopped:  # the personal model by DP-SGD too, counted in the same budget
+        w = st.instruction.arrays
+        st.model.set_arrays(st.memory.personal if st.memory.personal is not None else w)
+        _, steps = dpsgd.dp_train(
+            st.model, source, st.labels, personal_training(s), plan.personal(),
+            round_seed(s.scenario.seed, st.instruction.server_round,
+                       f"{st.silo.name}/personal"), st.silo.runtime.device,
+            prox_mu=s.personalize.lam, anchor_to=w)
+        spent += steps
+        st.memory.personal = st.model.get_arrays()
+    st.memory.dp_steps = spent
     st.metrics.update({
         "dp-epsilon": plan.epsilon_after(spent), "dp-delta": plan.delta,
         "dp-noise-multiplier": plan.noise_multiplier, "dp-max-grad-norm": plan.max_grad_norm,
@@ -272,7 +284,7 @@ def plan_training(silo: Silo, ins: Instruction) -> list[Step]:
         steps.append(optimise_scaffold)
     else:
         steps.append(optimise)
-    if s.personalize.method == "ditto":
+    if s.personalize.method == "ditto" and not s.privacy.dp:  # (DP-SGD: in its step)
         steps.append(train_personal)
     if s.personalize.method == "split":
         steps.append(keep_private_layer)
