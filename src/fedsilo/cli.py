@@ -10,6 +10,7 @@
     fedsilo sweep [CONFIG|SWEEP_FILE] [--grid key=v1,v2 ...] [--set ...]
                                                    the cross product, one run after another
     fedsilo privacy RUN_DIR                        the run's privacy report again
+    fedsilo attack RUN_DIR [--attack loss]         membership inference against the run
     fedsilo report RUN_DIR...                      a self-contained HTML page
     fedsilo keys                                   list every config key with its default
 
@@ -63,6 +64,11 @@ def parser() -> argparse.ArgumentParser:
                      "RUN_DIR/report.html for one run, else ./report.html)")
     priv = sub.add_parser("privacy", help="print a finished run's privacy report")
     priv.add_argument("run", type=Path, metavar="RUN_DIR")
+    att = sub.add_parser("attack", help="measure what an attacker learns from a finished "
+                         "run (writes attacks.json and attack_roc.png into it)")
+    att.add_argument("run", type=Path, metavar="RUN_DIR")
+    att.add_argument("--attack", choices=("loss",), default="loss",
+                     help="loss: the loss-threshold membership attack on the final model")
     sweep = sub.add_parser("sweep", help="run the cross product of a grid of values")
     _scenario_args(sweep)
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
@@ -186,6 +192,16 @@ def cmd_privacy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attack(args: argparse.Namespace) -> int:
+    from fedsilo.privacy.attacks import attack_table, loss_attack, plot_roc
+
+    report = loss_attack(args.run)
+    plot_roc(report, args.run / "attack_roc.png")
+    print(attack_table(report))
+    print(f"written: {_rel(args.run)}/attacks.json, attack_roc.png")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from fedsilo.data import build_federation
     from fedsilo.results import format_table
@@ -230,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
 
     handler = {"run": cmd_run, "resume": cmd_resume, "data": cmd_data, "config": cmd_config,
                "keys": cmd_keys, "baseline": cmd_baseline, "compare": cmd_compare,
-               "sweep": cmd_sweep, "privacy": cmd_privacy, "report": cmd_report,
+               "sweep": cmd_sweep, "privacy": cmd_privacy, "attack": cmd_attack,
+               "report": cmd_report,
                **HANDLERS}
     try:
         return handler[args.command](args)
