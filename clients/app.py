@@ -9,6 +9,7 @@ features or labels.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -49,6 +50,12 @@ def _with_node(metrics: dict) -> dict:
     return metrics if node is None else {**metrics, protocol.RAY_NODE: node[0]}
 
 
+def _kept(silo: Silo, settings) -> Path:
+    """Where this institution keeps its memory of the run the message names."""
+    return memory.snapshot_dir(silo.runtime.scratch, str(settings.get(protocol.RUN_KEY,
+                                                                      "run")), silo.name)
+
+
 def _personal(silo: Silo, context: Context, kept, server_round: int):
     """The personal model (personalize.method 'ditto') or private output layer ('split')
     as round ``server_round`` left it."""
@@ -77,8 +84,7 @@ def train(msg: Message, context: Context) -> Message:
     silo = _silo(context)
     settings = msg.content[protocol.CONFIG]
     server_round = int(settings[protocol.SERVER_ROUND])
-    kept = memory.snapshot_dir(silo.runtime.scratch, str(settings.get(
-        protocol.RUN_KEY, "run")), silo.name)
+    kept = _kept(silo, settings)
     evaluated = None
     if settings.get(protocol.EVALUATE_FIRST, False):  # the previous round's global model
         with failing_as(silo.name, silo.institution.kind,
@@ -111,8 +117,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     silo = _silo(context)
     settings = msg.content[protocol.CONFIG]
     server_round = int(settings[protocol.SERVER_ROUND])
-    kept = memory.snapshot_dir(silo.runtime.scratch, str(settings.get(
-        protocol.RUN_KEY, "run")), silo.name)
+    kept = _kept(silo, settings)
     with failing_as(silo.name, silo.institution.kind, f"evaluation (round {server_round})"):
         metrics = run_evaluation(
             silo, from_record(msg.content[protocol.ARRAYS]),

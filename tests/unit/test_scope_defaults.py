@@ -74,7 +74,7 @@ def test_the_validation_rows_are_fixed_disjoint_and_never_everything():
     a, b = holdout(200, 0.1, seed=7), holdout(200, 0.1, seed=7)
     assert np.array_equal(a, b) and len(a) == 20 and len(set(a.tolist())) == 20
     assert not np.array_equal(a, holdout(200, 0.1, seed=8))
-    assert len(holdout(3, 0.5, seed=1)) == 2 - 0  # rounds to 2, leaves one to train on
+    assert len(holdout(3, 0.5, seed=1)) == 2  # 1.5 rounds to 2, leaves one to train on
     assert len(holdout(2, 0.5, seed=1)) == 1 and len(holdout(1, 0.5, seed=1)) == 0
     assert len(holdout(10, 0.0, seed=1)) == 0
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 
 from fedsilo.data import synthetic
-from fedsilo.data.synthetic import Message, _typo, institution_names
+from fedsilo.data.synthetic import Message, _typo
 
 LABELS: tuple[str, ...] = ("customer_did", "institution_did", "customer_did_not",
                            "institution_did_not")
@@ -122,19 +122,5 @@ def generate(banks: int, hospitals: int, size: int, seed: int, size_spread: floa
              kind_skew: float = 0.8, progress=None) -> list[Message]:
     """The messages held by every institution of the federation (as
     ``synthetic.generate``, with this task's labels)."""
-    out: list[Message] = []
-    names = institution_names(banks, hospitals)
-    for done, (name, kind) in enumerate(names, start=1):
-        if progress is not None:
-            progress(done, len(names))
-        rng = random.Random(f"roles:{seed}:{name}")
-        n = max(20, int(round(size * rng.lognormvariate(0.0, size_spread)))) \
-            if size_spread > 0 else size
-        weights = label_weights(kind, kind_skew)
-        for _ in range(n):
-            label = rng.choices(LABELS, weights=weights)[0]
-            text = render(label, kind, rng, typo_rate)
-            if rng.random() < label_noise:
-                label = rng.choice(LABELS)
-            out.append(Message(text=text, label=label, institution=name, kind=kind))
-    return out
+    return synthetic.corpus(LABELS, label_weights, render, "roles:", banks, hospitals, size,
+                            seed, size_spread, label_noise, typo_rate, kind_skew, progress)

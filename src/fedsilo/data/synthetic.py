@@ -297,19 +297,29 @@ def generate(banks: int, hospitals: int, size: int, seed: int, size_spread: floa
              kind_skew: float = 0.8, progress=None) -> list[Message]:
     """The messages held by every institution of the federation; ``progress(done, total)``
     is called as institutions are made."""
+    return corpus(LABELS, label_weights, render, "", banks, hospitals, size, seed,
+                  size_spread, label_noise, typo_rate, kind_skew, progress)
+
+
+def corpus(labels, weights_of, render_one, key: str, banks: int, hospitals: int, size: int,
+           seed: int, size_spread: float, label_noise: float, typo_rate: float,
+           kind_skew: float, progress=None) -> list[Message]:
+    """Every institution's messages of a task (its ``labels``, ``weights_of(kind, skew)``
+    and ``render_one(label, kind, rng, typo_rate)``), each institution drawn from its own
+    random stream named by ``key``, the seed and its name."""
     out: list[Message] = []
     names = institution_names(banks, hospitals)
     for done, (name, kind) in enumerate(names, start=1):
         if progress is not None:
             progress(done, len(names))
-        rng = random.Random(f"{seed}:{name}")
+        rng = random.Random(f"{key}{seed}:{name}")
         n = max(20, int(round(size * rng.lognormvariate(0.0, size_spread)))) \
             if size_spread > 0 else size
-        weights = label_weights(kind, kind_skew)
+        weights = weights_of(kind, kind_skew)
         for _ in range(n):
-            label = rng.choices(LABELS, weights=weights)[0]
-            text = render(label, kind, rng, typo_rate)
+            label = rng.choices(labels, weights=weights)[0]
+            text = render_one(label, kind, rng, typo_rate)
             if rng.random() < label_noise:
-                label = rng.choice(LABELS)
+                label = rng.choice(labels)
             out.append(Message(text=text, label=label, institution=name, kind=kind))
     return out

@@ -248,8 +248,10 @@ def package_scaffold(st: RoundState) -> None:
     x, y, c = st.instruction.arrays, st.trained, st.instruction.control
     c_i = _client_variate(st)
     t, scope = st.silo.scenario.train, st.silo.scenario.model.scope
+    sums = {part: lr_sum(t, scope, part, st.stats.steps) for part in ("head.", "encoder")}
     c_new = sc.client_variate(c_i, c, x, y, st.stats.steps, t.lr,
-                              {k: lr_sum(t, scope, k, st.stats.steps) for k in x})
+                              {k: sums["head." if k.startswith("head.") else "encoder"]
+                               for k in x})
     st.memory.scaffold_variate = c_new
     st.reply = Reply(arrays={k: y[k] - x[k] for k in x}, metrics=_train_metrics(st),
                      scaffold_delta_c={k: c_new[k] - c_i[k] for k in x})
