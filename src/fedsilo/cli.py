@@ -101,18 +101,20 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def _finished(start) -> int:
     """Run ``start`` (a simulation) and report its outcome: the final line, or why not."""
-    from fedsilo.interrupt import Interrupted
+    from fedsilo.interrupt import Interrupted, leave_promptly
     from fedsilo.runner import RunFailed
 
     try:
         outcome = start()
     except RunFailed as exc:
         print(f"fedsilo: run failed: {exc}", file=sys.stderr)
+        leave_promptly(1)
         return 1
     except Interrupted as exc:
         where = getattr(exc, "run_dir", None)
         hint = f"; continue it with: fedsilo resume {_rel(where)}" if where else ""
         print(f"fedsilo: {exc}{hint}", file=sys.stderr)
+        leave_promptly(exc.exit_code)
         return exc.exit_code
     sm = outcome.summary
     g = sm["final"]["global"]
@@ -150,7 +152,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from fedsilo.interrupt import Interrupted
+    from fedsilo.interrupt import Interrupted, leave_promptly
     from fedsilo.sweep import load_rows, resume_sweep, run_sweep
 
     if args.resume and (args.config or args.grid or args.overrides):
@@ -163,6 +165,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         where = getattr(exc, "run_dir", None)
         hint = f"; continue it with: fedsilo sweep --resume {_rel(where)}" if where else ""
         print(f"fedsilo: {exc}{hint}", file=sys.stderr)
+        leave_promptly(exc.exit_code)
         return exc.exit_code
     print(f"sweep: {_rel(sweep_dir)}/ (sweep.md, sweep.json, sweep.png, one run each)")
     failed = [r for r in load_rows(sweep_dir) if r.get("error")]

@@ -50,3 +50,32 @@ def stop_on_signals():
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def leave_promptly(exit_code: int, grace: float = 5.0) -> None:
+    """Exit with ``exit_code`` now if threads the simulation runtime left behind would
+    keep the process alive; return if there are none.
+
+    Called once a stopped or failed run has been saved and every process it started is
+    gone. Flower's runtime can leave a non-daemon thread behind (a worker waiting for a
+    result from a Ray actor that no longer exists, or the ServerApp thread), and Python
+    waits for every one of them before it exits: the command would hang after its last
+    line. They get ``grace`` seconds to end on their own.
+    """
+    import os
+    import sys
+    import time
+
+    me = threading.current_thread()
+    deadline = time.monotonic() + grace
+
+    def lingering() -> list[threading.Thread]:
+        return [t for t in threading.enumerate()
+                if t is not me and not t.daemon and t.is_alive()]
+
+    for t in lingering():
+        t.join(max(0.0, deadline - time.monotonic()))
+    if lingering():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)

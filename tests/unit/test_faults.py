@@ -209,3 +209,31 @@ def test_temporary_ray_dirs_of_dead_runs_are_removed_and_live_ones_kept(tmp_path
     (live / "owner.pid").write_text(str(os.getppid()))
     runner.kill_orphans()
     assert mine.is_dir() and live.is_dir() and not orphan.exists()
+
+
+# -- leaving after a stopped run --------------------------------------------------------------
+@pytest.mark.parametrize("stuck", [True, False])
+def test_a_thread_left_behind_does_not_keep_a_stopped_command_alive(tmp_path, stuck):
+    """A non-daemon thread that never ends (a runtime worker waiting for a dead actor) would
+    make Python wait forever after the command's last line; one that ends in time does not
+    cut the exit short (its output is kept)."""
+    import subprocess
+    import sys
+    import time
+
+    code = ("import threading, time\n"
+            "from fedsilo.interrupt import leave_promptly\n"
+            f"wait = threading.Event().wait if {stuck} else (lambda: time.sleep(0.3))\n"
+            "threading.Thread(target=lambda: (wait(), print('thread ended', flush=True)))"
+            ".start()\n"
+            "print('last line')\n"
+            "leave_promptly(143, grace=0.5)\n"
+            "raise SystemExit(7)\n")
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert time.monotonic() - t0 < 30
+    if stuck:
+        assert (done.returncode, done.stdout) == (143, "last line\n")
+    else:
+        assert (done.returncode, done.stdout) == (7, "last line\nthread ended\n")
