@@ -166,6 +166,8 @@ class RunRecorder:
             extra["selected"] = self.ledger.selected[server_round]
         if server_round in self.ledger.dropped:
             extra["dropped"] = self.ledger.dropped[server_round]
+        if server_round in self.ledger.server_view:
+            extra["server_view"] = self.ledger.server_view[server_round]
         timing = dict(self.ledger.timing.get(server_round, {}))
         timing["client_train_s"] = sum(t.get("train-time-s", 0.0) for t in train.values())
         timing["client_eval_s"] = sum(e.get("eval-time-s", 0.0) for e in evals.values())

@@ -58,6 +58,7 @@ class RoundLedger:
         self.central_dp: dict[int, dict] = {}  # round -> clipping norm and noise used
         self.selected: dict[int, list[str]] = {}  # round -> whose updates Krum kept
         self.dropped: dict[int, dict[str, str]] = {}  # round -> skipped institution -> why
+        self.server_view: dict[int, dict] = {}  # round -> what the server held (attack)
         # seconds per round: phase wall time (send -> all replies in) and aggregation
         self.timing: dict[int, dict[str, float]] = {}
         self.phase_start: dict[tuple[int, str], float] = {}

@@ -72,9 +72,10 @@ def build_strategy(s: Scenario, ledger: RoundLedger, num_nodes: int,
     skip = st.min_replies if st.on_failure == "skip" else None
     if not dp:  # secure aggregation alone tolerates dropouts as far as its threshold allows
         return Tracked(inner, ledger, tolerates_dropouts=sa.enabled, skip_below=skip,
-                       seed=s.scenario.seed)
+                       seed=s.scenario.seed, keep_view=s.attack.server_view)
     sampled = sampled_per_round(s, num_nodes)
     account = CentralAccount(central, sampled, num_nodes)
     wrapper = CentralDPFixed if central.mode.endswith("fixed") else CentralDPAdaptive
     private = wrapper(inner, central, sampled, account, ledger.central_dp)
-    return Tracked(private, ledger, account=account, seed=s.scenario.seed)
+    return Tracked(private, ledger, account=account, seed=s.scenario.seed,
+                   keep_view=s.attack.server_view)

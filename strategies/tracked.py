@@ -32,12 +32,19 @@ class Tracked(Strategy):
     ``skip_below``: ``strategy.on_failure = 'skip'``: a failed institution is left out of
     the round while at least this many replied (None: any failure stops the run).
     ``account``: the institution-level DP account, for the privacy report.
+    ``keep_view``: ``attack.server_view``: note, each round, the output layer's bias the
+    server sent and what it received of it (each reply's, or under SecAgg+ only the
+    aggregate), in ``ledger.server_view``.
     """
 
     def __init__(self, inner: Strategy, ledger: RoundLedger, *,
                  tolerates_dropouts: bool = False, skip_below: int | None = None,
-                 account: CentralAccount | None = None, seed: int = 0):
+                 account: CentralAccount | None = None, seed: int = 0,
+                 keep_view: bool = False):
         self.inner = inner
+        self.keep_view = keep_view
+        self._sent_bias: np.ndarray | None = None
+        self._sent_weight: np.ndarray | None = None
         self.ledger = ledger
         self.seed = seed
         self.tolerates_dropouts = tolerates_dropouts
@@ -52,6 +59,11 @@ class Tracked(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._sent_dtypes = {k: v.numpy().dtype for k, v in arrays.items()}
+        if self.keep_view:
+            self._sent_bias = self._sent_weight = None
+            if protocol.OUTPUT_BIAS in arrays:
+                self._sent_bias = arrays[protocol.OUTPUT_BIAS].numpy().astype(np.float64)
+                self._sent_weight = arrays[protocol.OUTPUT_WEIGHT].numpy().astype(np.float64)
         self._seed_sampling(server_round, "training")
         msgs = self.inner.configure_train(server_round, arrays, config, grid)
         return self._sending(server_round, "training", msgs)
@@ -92,8 +104,40 @@ class Tracked(Strategy):
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         if arrays is not None:
             arrays = _as_dtypes(arrays, self._sent_dtypes)
+        if self.keep_view and self._sent_bias is not None:
+            self._note_view(server_round, answered, arrays)
         self._aggregated(server_round, "training")
         return arrays, metrics
+
+    def _note_view(self, server_round: int, answered: list[Message],
+                   arrays: ArrayRecord | None) -> None:
+        """What an honest-but-curious server holds of the output layer this round: every
+        reply's change to its bias, with the logits the sent layer gives at the mean input
+        the reply's weight change reveals (fedsilo.privacy.labels); or, when the replies
+        carry only masked vectors (SecAgg+), the same of the aggregate, and how many took
+        part."""
+        from fedsilo.privacy.labels import mean_input_logits
+
+        sent_b, sent_w = self._sent_bias, self._sent_weight
+
+        def seen(rec) -> dict:
+            db = rec[protocol.OUTPUT_BIAS].numpy().astype(np.float64) - sent_b
+            dw = rec[protocol.OUTPUT_WEIGHT].numpy().astype(np.float64) - sent_w
+            return {"update": db.tolist(),
+                    "logits": mean_input_logits(sent_w, sent_b, dw, db).tolist()}
+
+        view: dict = {"replies": {}}
+        for m in answered:
+            rec = m.content.array_records.get(protocol.ARRAYS)
+            if rec is None or protocol.OUTPUT_BIAS not in rec:
+                continue
+            view["replies"][self.ledger.name_of(m.metadata.src_node_id)] = {
+                **seen(rec), "examples": int(_metrics(m)[protocol.NUM_EXAMPLES])}
+        if not view["replies"] and arrays is not None and protocol.OUTPUT_BIAS in arrays:
+            view["aggregate"] = {
+                **seen(arrays), "institutions": len(answered),
+                "examples": sum(int(_metrics(m)[protocol.NUM_EXAMPLES]) for m in answered)}
+        self.ledger.server_view[server_round] = view
 
     def stop_if_training_failed(self, server_round: int, replies: list[Message]) -> None:
         """With ``strategy.on_failure = 'stop'``: ClientFailure naming who failed training

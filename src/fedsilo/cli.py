@@ -10,7 +10,8 @@
     fedsilo sweep [CONFIG|SWEEP_FILE] [--grid key=v1,v2 ...] [--set ...]
                                                    the cross product, one run after another
     fedsilo privacy RUN_DIR                        the run's privacy report again
-    fedsilo attack RUN_DIR [--attack loss]         membership inference against the run
+    fedsilo attack RUN_DIR [--attack loss|lira|labels|canary|all] [--shadows N]
+                                                   what an attacker learns from the run
     fedsilo report RUN_DIR...                      a self-contained HTML page
     fedsilo keys                                   list every config key with its default
 
@@ -65,10 +66,17 @@ def parser() -> argparse.ArgumentParser:
     priv = sub.add_parser("privacy", help="print a finished run's privacy report")
     priv.add_argument("run", type=Path, metavar="RUN_DIR")
     att = sub.add_parser("attack", help="measure what an attacker learns from a finished "
-                         "run (writes attacks.json and attack_roc.png into it)")
+                         "run (writes attacks.json and the plots into it)")
     att.add_argument("run", type=Path, metavar="RUN_DIR")
-    att.add_argument("--attack", choices=("loss",), default="loss",
-                     help="loss: the loss-threshold membership attack on the final model")
+    att.add_argument("--attack", choices=("loss", "lira", "labels", "canary", "all"),
+                     default="loss",
+                     help="loss: the loss-threshold membership attack on the final model; "
+                          "lira: LiRA with shadow federations (attack.shadows); labels: "
+                          "label inference by the server (needs attack.server_view); "
+                          "canary: canary exposure (needs attack.canaries); all: every one "
+                          "the run allows (default: loss)")
+    att.add_argument("--shadows", type=int, metavar="N",
+                     help="LiRA: this many shadow federations instead of attack.shadows")
     sweep = sub.add_parser("sweep", help="run the cross product of a grid of values")
     _scenario_args(sweep)
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
@@ -192,16 +200,47 @@ def cmd_privacy(args: argparse.Namespace) -> int:
     table = privacy_table(summary)
     print(table if table else (summary.get("privacy") or {}).get(
         "note", "no privacy report in this run"))
+    attacks = args.run / "attacks.json"
+    if attacks.is_file():
+        import json
+
+        from fedsilo.privacy.attacks import measured_table
+
+        print(f"\nwhat the attacks measured (fedsilo attack; details in "
+              f"{_rel(attacks)}):\n{measured_table(json.loads(attacks.read_text()))}")
+    else:
+        print(f"\nno attack has been run against it: fedsilo attack {_rel(args.run)} "
+              f"--attack all")
     return 0
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from fedsilo.privacy.attacks import attack_table, loss_attack, plot_roc
+    from fedsilo.privacy.attacks import (
+        ATTACKS,
+        attack_table,
+        plot_dp_bound,
+        plot_roc,
+        possible,
+        run_attacks,
+    )
 
-    report = loss_attack(args.run)
-    plot_roc(report, args.run / "attack_roc.png")
-    print(attack_table(report))
-    print(f"written: {_rel(args.run)}/attacks.json, attack_roc.png")
+    if args.shadows is not None and args.shadows < 2:
+        raise ConfigError(f"attack: --shadows must be at least 2, got {args.shadows}")
+    which = possible(args.run) if args.attack == "all" else [args.attack]
+    report = run_attacks(args.run, which, shadows=args.shadows)
+    written = ["attacks.json"]
+    if any(k in report for k in ("loss", "lira")):
+        plot_roc(report, args.run / "attack_roc.png")
+        written.append("attack_roc.png")
+    if plot_dp_bound(report, args.run / "attack_dp_bound.png"):
+        written.append("attack_dp_bound.png")
+    print(attack_table({k: v for k, v in report.items() if k in (*which, "dp_audit")}))
+    needs = {"labels": "attack.server_view = true", "canary": "attack.canaries > 0",
+             "loss": "a shared output layer", "lira": "a shared output layer"}
+    for a in ATTACKS:
+        if args.attack == "all" and a not in which:
+            print(f"not run: {a} (the run would need {needs[a]})")
+    print(f"written: {_rel(args.run)}/{', '.join(written)}")
     return 0
 
 

@@ -327,6 +327,23 @@ class PersonalizeSection:
 
 
 @dataclass(frozen=True)
+class AttackSection:
+    server_view: bool = _opt(False, "keep what the server holds of the output layer each "
+                             "round (every reply's change, or under SecAgg+ only the "
+                             "aggregate's) in the metrics rows, for the label-inference "
+                             "attack (docs/privacy-attacks.md)")
+    shadows: int = _opt(16, "LiRA: shadow federations, each trained on a random half of "
+                        "every institution's records (16 for a real measurement)", low=2)
+    canaries: int = _opt(0, "canary records (random text, random label) inserted into "
+                         "one institution's training data, for the exposure measurement",
+                         low=0)
+    canary_institution: str = _opt("", "the institution that holds the canaries (empty: "
+                                   "the first one)")
+    canary_references: int = _opt(1000, "fresh reference canaries each canary is ranked "
+                                  "among (exposure = log2 R - log2 rank)", low=10)
+
+
+@dataclass(frozen=True)
 class Scenario:
     scenario: ScenarioSection = field(default_factory=ScenarioSection)
     federation: FederationSection = field(default_factory=FederationSection)
@@ -339,6 +356,7 @@ class Scenario:
     privacy: PrivacySection = field(default_factory=PrivacySection)
     faults: FaultsSection = field(default_factory=FaultsSection)
     personalize: PersonalizeSection = field(default_factory=PersonalizeSection)
+    attack: AttackSection = field(default_factory=AttackSection)
 
     # -- views -------------------------------------------------------------------------
     def flat(self) -> dict[str, Any]:

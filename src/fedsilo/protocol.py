@@ -61,5 +61,7 @@ STATE_DP = "dp"  # DP-SGD: the steps taken so far
 # personalize.method = 'split': the arrays that stay with the institution (its own output
 # layer): never sent, never aggregated
 PRIVATE_PREFIX = "head.out."
+OUTPUT_BIAS = "head.out.bias"  # the output layer: what the label-inference attack reads
+OUTPUT_WEIGHT = "head.out.weight"
 STATE_PERSONAL = "personal"  # 'ditto': the personal model; 'split': the private layer
 STATE_ROUND = "memory-round"  # the last round that updated the institution's memory

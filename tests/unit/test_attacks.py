@@ -1,4 +1,6 @@
-"""The membership attack's ROC arithmetic, checked against scikit-learn's."""
+"""The attacks' arithmetic: ROC against scikit-learn, LiRA's scores, the DP audit against
+exact binomial intervals and the bound, label recovery from a real training step, canaries.
+"""
 
 from __future__ import annotations
 
@@ -33,3 +35,169 @@ def test_perfect_chance_and_reversed_attacks():
     reversed_ = summarise(np.array([-1.0, 0.0]), np.array([1.0, 2.0]))
     assert reversed_["auc"] == 0.0
     assert perfect["members"] == 3 and perfect["non_members"] == 3
+
+
+# -- LiRA ---------------------------------------------------------------------------------------
+def test_lira_separates_in_from_out_and_is_at_chance_without_a_difference():
+    from fedsilo.privacy.lira import scores
+
+    rng = np.random.default_rng(0)
+    n, k = 400, 8
+    inside = rng.random((k, n)) < 0.5
+    base = rng.normal(0, 2, n)  # each record's own difficulty
+    shift = 1.5  # a record trained on is this much more confident
+    shadow = base + shift * inside + rng.normal(0, 0.3, (k, n))
+    member = np.arange(n) < n // 2
+    target = base + shift * member + rng.normal(0, 0.3, n)
+    online, offline = scores(target, shadow, inside)
+    for sc in (online, offline):
+        assert summarise(sc[member], sc[~member])["auc"] > 0.95
+    # no effect of training: at chance (within sampling error)
+    online, offline = scores(base + rng.normal(0, 0.3, n), base + rng.normal(0, 0.3, (k, n)),
+                             inside)
+    for sc in (online, offline):
+        assert abs(summarise(sc[member], sc[~member])["auc"] - 0.5) < 0.1
+
+
+def test_lira_borrows_the_shift_for_a_record_no_shadow_trained_on():
+    from fedsilo.privacy.lira import scores
+
+    inside = np.array([[True, False, False], [False, True, False]])
+    shadow = np.array([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
+    online, _ = scores(np.array([3.0, 0.0, 3.0]), shadow, inside)
+    assert np.isfinite(online).all()
+    assert online[2] > 0 > online[1]  # record 2 has only OUT shadows: IN = OUT + 3
+
+
+def test_confidence_is_the_logit_of_the_labels_probability():
+    import torch
+
+    from fedsilo.privacy.lira import confidence
+
+    class Fixed:
+        def to(self, _):
+            return self
+
+        def eval(self):
+            return self
+
+        def logits(self, batch):
+            return torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+
+    class Two:
+        def __len__(self):
+            return 2
+
+        def rows(self, idx):
+            return idx
+
+    got = confidence(Fixed(), Two(), np.array([0, 1]), "cpu")
+    p = torch.softmax(Fixed().logits(None).double(), 1).numpy()
+    want = [np.log(p[0, 0] / (1 - p[0, 0])), np.log(p[1, 1] / (1 - p[1, 1]))]
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+# -- the DP audit -------------------------------------------------------------------------------
+def test_clopper_pearson_matches_scipys_exact_interval():
+    from scipy.stats import binomtest
+
+    from fedsilo.privacy.audit import _clopper_pearson
+
+    for k, n in ((0, 30), (3, 30), (30, 30), (17, 1000)):
+        lo, hi = _clopper_pearson(np.array([k]), n, 0.05)
+        ref = binomtest(k, n).proportion_ci(0.95, method="exact")
+        assert lo[0] == pytest.approx(ref.low, abs=1e-9)
+        assert hi[0] == pytest.approx(ref.high, abs=1e-9)
+
+
+def test_the_audit_proves_epsilon_for_randomised_response_and_nothing_at_chance():
+    """Randomised response with epsilon 2: a member answers 1 with e^2/(1+e^2), a
+    non-member with 1/(1+e^2): the best test has exactly TPR = e^2 FPR. With many records
+    the point estimate is 2 and the 95% bound a little below; at chance both are ~0."""
+    from fedsilo.privacy.audit import bound_curve, epsilon_lower_bound, respects
+
+    eps, n = 2.0, 20000
+    rng = np.random.default_rng(1)
+    p = np.exp(eps) / (1 + np.exp(eps))
+    members = (rng.random(n) < p).astype(float)
+    others = (rng.random(n) < 1 - p).astype(float)
+    fpr, tpr = roc(members, others)
+    got = epsilon_lower_bound(fpr, tpr, n, n, delta=0.0)
+    assert got["epsilon_point_estimate"] == pytest.approx(eps, abs=0.1)
+    assert eps - 0.2 < got["epsilon_lower_bound"] < eps
+    assert respects(eps, 0.0, got) and not respects(1.0, 0.0, got)
+    chance = roc(rng.random(n), rng.random(n))
+    assert epsilon_lower_bound(*chance, n, n, delta=0.0)["epsilon_lower_bound"] < 0.05
+    grid = np.array([0.0, 0.01, 0.5, 1.0])
+    np.testing.assert_allclose(bound_curve(1.0, 1e-3, grid),
+                               np.minimum(1, np.minimum(np.e * grid + 1e-3,
+                                                        1 - (1 - 1e-3 - grid) / np.e)))
+
+
+# -- label inference --------------------------------------------------------------------------
+@pytest.mark.parametrize("hidden", [0, 32])
+def test_one_sgd_step_gives_the_label_counts_away(hidden, cache_dir):
+    """One institution's real round (one full-batch SGD step from the shared model): the
+    server's estimate from the output layer's update is near the true histogram; guessing a
+    uniform prediction instead is far off."""
+    from fedsilo import config
+    from fedsilo.data import build_federation
+    from fedsilo.privacy.labels import (
+        histogram_error,
+        mean_input_logits,
+        recover_counts,
+        step_size_sum,
+    )
+    from fedsilo.silo import features, runtime_for
+    from fedsilo.training import local_train
+    from tests.conftest import CONFIGS
+
+    s = config.load(CONFIGS / "smoke.toml", ["train.optimizer=sgd", "train.local_epochs=1",
+                                             "train.batch_size=4096",
+                                             f"model.head_hidden={hidden}",
+                                             f"simulation.cache_dir={cache_dir}"])
+    fed = build_federation(s)
+    rt = runtime_for(s)
+    model = rt.model(s.model, len(fed.labels), seed=s.scenario.seed)
+    for inst in fed.institutions:
+        sent = model.get_arrays()
+        local_train(model, features(s, rt, model, inst, "train"), inst.train_labels, s.train,
+                    0, rt.device)
+        got = model.get_arrays()
+        model.set_arrays(sent)
+        n = len(inst.train_labels)
+        db = got["head.out.bias"] - sent["head.out.bias"]
+        dw = got["head.out.weight"] - sent["head.out.weight"]
+        true = np.bincount(inst.train_labels, minlength=len(fed.labels))
+        logits = mean_input_logits(sent["head.out.weight"], sent["head.out.bias"], dw, db)
+        est = recover_counts(db, n, step_size_sum(s, n), logits)
+        assert est.sum() == pytest.approx(n)
+        assert histogram_error(est, true)["l1"] < 0.05, (inst.name, est, true)
+        assert histogram_error(est, true)["top1"]
+        blind = recover_counts(db, n, step_size_sum(s, n))
+        assert histogram_error(blind, true)["l1"] > 0.1
+
+
+# -- canaries -------------------------------------------------------------------------------------
+def test_canaries_go_into_one_institutions_training_split_only():
+    from fedsilo import config
+    from fedsilo.config import ConfigError
+    from fedsilo.data import build_federation, canaries
+    from tests.conftest import CONFIGS
+
+    plain = build_federation(config.load(CONFIGS / "smoke.toml"))
+    s = config.load(CONFIGS / "smoke.toml", ["attack.canaries=5",
+                                             "attack.canary_institution=hospital-1"])
+    fed = build_federation(s)
+    texts, labels = canaries.draw(5, len(fed.labels), s.scenario.seed, "inserted")
+    for a, b in zip(plain.institutions, fed.institutions, strict=True):
+        assert a.test_texts == b.test_texts
+        if b.name == "hospital-1":
+            assert b.train_texts == a.train_texts + texts
+            assert b.train_labels[-5:].tolist() == labels.tolist()
+        else:
+            assert b.train_texts == a.train_texts
+    refs, _ = canaries.references(100, len(fed.labels), s.scenario.seed)
+    assert not set(refs) & set(texts) and len(set(refs)) == 100
+    with pytest.raises(ConfigError, match="'attack.canary_institution' names 'bank-9'"):
+        build_federation(s.replace(**{"attack.canary_institution": "bank-9"}))

@@ -66,8 +66,20 @@ class FederationData:
 
 
 def build_federation(s: Scenario) -> FederationData:
-    """Every institution's data for scenario ``s`` (memoised per process)."""
+    """Every institution's data for scenario ``s`` (memoised per process), with the
+    canaries of ``attack.canaries`` in one institution's training split."""
+    if s.attack.canaries:
+        return _with_canaries(s.data, s.federation, s.scenario.seed, s.attack.canaries,
+                              s.attack.canary_institution)
     return _build(s.data, s.federation, s.scenario.seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _with_canaries(data: DataSection, fed: FederationSection, seed: int, count: int,
+                   name: str) -> FederationData:
+    from fedsilo.data import canaries
+
+    return canaries.insert(_build(data, fed, seed), count, name, seed)
 
 
 @functools.lru_cache(maxsize=4)

@@ -75,28 +75,102 @@ def per_record_loss(model, source, labels: np.ndarray, device, batch_size: int =
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def loss_attack(run_dir: Path, progress=print) -> dict:
-    """The loss-threshold membership attack against ``run_dir``'s final shared model."""
-    from fedsilo import config, results
-    from fedsilo.config import ConfigError
-    from fedsilo.data import build_federation
-    from fedsilo.silo import features, labels_of, runtime_for
+ATTACKS = ("loss", "lira", "labels", "canary")
+
+
+def possible(run_dir: Path) -> list[str]:
+    """The attacks a run allows: the membership attacks always (with an output layer in
+    the shared model), labels with a server view, canary with canaries."""
+    from fedsilo import config
 
     run_dir = Path(run_dir)
-    for name in ("config.toml", "head.npz"):
+    if not (run_dir / "config.toml").is_file():
+        return list(ATTACKS)  # run_attacks says what is wrong
+    s = config.load(run_dir / "config.toml")
+    out = [] if s.personalize.method == "split" else ["loss", "lira"]
+    if s.attack.server_view:
+        out.append("labels")
+    if s.attack.canaries and s.personalize.method != "split":
+        out.append("canary")
+    return out
+
+
+def _load(run_dir: Path):
+    """(scenario, federation, runtime, model built fresh with the run's initial weights,
+    those initial weights, the final shared weights) of a finished run."""
+    from fedsilo import config
+    from fedsilo.config import ConfigError
+    from fedsilo.data import build_federation
+    from fedsilo.silo import runtime_for
+
+    for name in ("config.toml", "head.npz", "summary.json"):
         if not (run_dir / name).is_file():
             raise ConfigError(f"attack: '{run_dir}' is not a finished run directory (no "
                               f"{name})")
     s = config.load(run_dir / "config.toml")
-    if s.personalize.method == "split":
-        raise ConfigError("attack: the final shared model of a 'split' run has no output "
-                          "layer (each institution keeps its own); attacking it needs one")
     fed = build_federation(s)
     rt = runtime_for(s)
     model = rt.model(s.model, len(fed.labels), seed=s.scenario.seed)
+    init = model.get_arrays()  # a fresh process: the weights every run starts from
     with np.load(run_dir / "head.npz") as z:
-        model.set_arrays({k: z[k] for k in z.files})
-    per, members, others = {}, [], []
+        final = {k: z[k] for k in z.files}
+    return s, fed, rt, model, init, final
+
+
+def run_attacks(run_dir: Path, which: list[str], shadows: int | None = None,
+                progress=print) -> dict:
+    """Run the ``which`` attacks against ``run_dir`` and add their results to its
+    ``attacks.json`` (results of other attacks already there are kept)."""
+    import json
+
+    from fedsilo import results
+    from fedsilo.config import ConfigError
+
+    run_dir = Path(run_dir)
+    s, fed, rt, model, init, final = _load(run_dir)
+    outsider = [a for a in which if a in ("loss", "lira", "canary")]
+    if outsider and s.personalize.method == "split":
+        raise ConfigError("attack: the final shared model of a 'split' run has no output "
+                          "layer (each institution keeps its own); the loss, LiRA and "
+                          "canary attacks need one")
+    path = run_dir / "attacks.json"
+    report = json.loads(path.read_text()) if path.is_file() else {}
+    report.pop("attack", None)  # an older single-attack file
+    if "loss" in which:
+        report["loss"] = loss_attack(s, fed, rt, model, final, progress)
+    if "lira" in which:
+
+        count = shadows or s.attack.shadows
+        report["lira"] = lira_attack(s, fed, rt, model, init, final, count, progress)
+    if "labels" in which:
+        from fedsilo.privacy.labels import label_attack, read_rows
+
+        progress("attack: label inference from what the server received")
+        report["labels"] = label_attack(s, fed, read_rows(run_dir))
+    if "canary" in which:
+        report["canary"] = canary_exposure(s, fed, rt, model, final, progress)
+    audit = dp_audit(s, json.loads((run_dir / "summary.json").read_text()), report)
+    if audit:
+        report["dp_audit"] = audit
+    results.write_json(path, report)
+    return report
+
+
+def _membership(per: dict[str, tuple[np.ndarray, np.ndarray]], name: str,
+                threat: str) -> dict:
+    """Per-institution and federation summaries of membership scores (members, others)."""
+    return {"attack": name, "threat_model": threat,
+            "institutions": {k: summarise(a, b) for k, (a, b) in per.items()},
+            "federation": summarise(np.concatenate([a for a, _ in per.values()]),
+                                    np.concatenate([b for _, b in per.values()]))}
+
+
+def loss_attack(s, fed, rt, model, final: dict, progress=print) -> dict:
+    """The loss-threshold membership attack against the final shared model."""
+    from fedsilo.silo import features, labels_of
+
+    model.set_arrays(final)
+    per = {}
     for i, inst in enumerate(fed.institutions, start=1):
         progress(f"attack: loss threshold, institution {i}/{len(fed.institutions)} "
                  f"({inst.name})")
@@ -104,51 +178,243 @@ def loss_attack(run_dir: Path, progress=print) -> dict:
                                   labels_of(inst, "train"), rt.device)
         outside = -per_record_loss(model, features(s, rt, model, inst, "test"),
                                    labels_of(inst, "test"), rt.device)
-        per[inst.name] = summarise(inside, outside)
-        members.append(inside)
-        others.append(outside)
-    report = {"attack": "loss threshold (Yeom et al. 2018)", "threat_model": THREAT_OUTSIDER,
-              "institutions": per,
-              "federation": summarise(np.concatenate(members), np.concatenate(others))}
-    results.write_json(run_dir / "attacks.json", report)
-    return report
+        per[inst.name] = (inside, outside)
+    return _membership(per, "loss threshold (Yeom et al. 2018)", THREAT_OUTSIDER)
 
 
-def attack_table(report: dict) -> str:
+def _pools(s, fed, rt, model):
+    """Each institution's training and held-out records as one source (training first)."""
+    from fedsilo.baselines import pooled_source
+    from fedsilo.silo import features, labels_of
+
+    pools, n_train = [], []
+    for inst in fed.institutions:
+        src = pooled_source([features(s, rt, model, inst, "train"),
+                             features(s, rt, model, inst, "test")])
+        pools.append((src, np.concatenate([labels_of(inst, "train"),
+                                           labels_of(inst, "test")])))
+        n_train.append(len(inst.train_texts))
+    return pools, n_train
+
+
+def lira_attack(s, fed, rt, model, init: dict, final: dict, shadows: int,
+                progress=print) -> dict:
+    """Online and offline LiRA (fixed variance) with ``shadows`` shadow federations."""
+    from fedsilo.privacy import lira
+
+    pools, n_train = _pools(s, fed, rt, model)
+    model.set_arrays(final)
+    target = np.concatenate([lira.confidence(model, src, y, rt.device) for src, y in pools])
+    progress(f"attack: LiRA, training {shadows} shadow federations ({s.scenario.rounds} "
+             f"rounds each, FedAvg, on random halves of every institution's records)")
+    conf, inside = lira.run_shadows(s, model, pools, init, shadows, rt.device, progress)
+    online, offline = lira.scores(target, conf, inside)
+    out = {"shadows": shadows,
+           "shadow_training": "FedAvg over the same institutions with the run's local "
+                              "training" + (" (DP-SGD)" if s.privacy.dp else "")
+                              + f"; the run's strategy: {s.strategy.name}"}
+    for name, sc in (("online", online), ("offline", offline)):
+        per, at = {}, 0
+        for inst, (src, _), n in zip(fed.institutions, pools, n_train, strict=True):
+            part = sc[at:at + len(src)]
+            per[inst.name] = (part[:n], part[n:])
+            at += len(src)
+        out[name] = _membership(per, f"LiRA {name}, fixed variance (Carlini et al. 2022)",
+                                THREAT_OUTSIDER)
+    return out
+
+
+def canary_exposure(s, fed, rt, model, final: dict, progress=print) -> dict:
+    """Exposure of each inserted canary among ``attack.canary_references`` fresh ones."""
+    from fedsilo.config import ConfigError
+    from fedsilo.data import canaries
+    from fedsilo.data.federation import InstitutionData
+    from fedsilo.silo import features
+
+    a = s.attack
+    if a.canaries == 0:
+        raise ConfigError("attack: the run holds no canaries; run it with "
+                          "attack.canaries = k (k canary records at one institution) for "
+                          "the canary attack")
+    progress(f"attack: canary exposure, {a.canaries} canaries among "
+             f"{a.canary_references} references")
+    texts, labels = canaries.draw(a.canaries, len(fed.labels), s.scenario.seed, "inserted")
+    refs, ref_labels = canaries.references(a.canary_references, len(fed.labels),
+                                           s.scenario.seed)
+    model.set_arrays(final)
+    losses = {}
+    for name, t, y in (("canaries", texts, labels), ("references", refs, ref_labels)):
+        probe = InstitutionData(name=f"canary-{name}", kind="bank", train_texts=t,
+                                train_labels=y, test_texts=(),
+                                test_labels=np.zeros(0, dtype=np.int64))
+        losses[name] = per_record_loss(model, features(s, rt, model, probe, "train"), y,
+                                       rt.device)
+    ref = np.sort(losses["references"])
+    ranks = 1 + np.searchsorted(ref, losses["canaries"], side="left")
+    exposure = np.log2(len(ref)) - np.log2(ranks)
+    from fedsilo.data.canaries import holder
+
+    return {"attack": "canary exposure (Carlini et al. 2019)",
+            "threat_model": THREAT_OUTSIDER, "institution": holder(fed, a.canary_institution),
+            "canaries": int(a.canaries), "references": int(a.canary_references),
+            "ranks": ranks.tolist(), "exposure": exposure.tolist(),
+            "mean_exposure": float(exposure.mean()),
+            "max_exposure": float(np.log2(len(ref)))}
+
+
+def dp_audit(s, summary: dict, report: dict) -> dict | None:
+    """For a DP run: each membership attack's federation ROC against the bound the run's
+    epsilon implies, and the epsilon the attack proves."""
+    from fedsilo.privacy import audit
+
+    priv = summary.get("privacy") or {}
+    insts, server = priv.get("institutions") or {}, priv.get("server")
+    if insts:
+        eps = max(v["epsilon"] for v in insts.values())
+        delta = max(v["delta"] for v in insts.values())
+        guarantee = "record level (DP-SGD), the largest institution's epsilon"
+    elif server:
+        eps, delta = server["epsilon"], server["delta"]
+        guarantee = ("institution level (central DP): it bounds each record too, since a "
+                     "record changes only its institution's update")
+    else:
+        return None
+    if not _federation_rocs(report):
+        return None
+    out = {"epsilon": eps, "delta": delta, "guarantee": guarantee, "attacks": {}}
+    for name, fedr in _federation_rocs(report).items():
+        got = audit.epsilon_lower_bound(fedr["roc"]["fpr"], fedr["roc"]["tpr"],
+                                        fedr["members"], fedr["non_members"], delta)
+        got["respects_bound"] = audit.respects(eps, delta, got)
+        out["attacks"][name] = got
+    return out
+
+
+def _federation_rocs(report: dict) -> dict[str, dict]:
+    out = {}
+    if "loss" in report:
+        out["loss"] = report["loss"]["federation"]
+    for kind in ("online", "offline"):
+        if "lira" in report:
+            out[f"LiRA {kind}"] = report["lira"][kind]["federation"]
+    return out
+
+
+def membership_table(rep: dict) -> str:
     from fedsilo.results import format_table
 
     rows = [[name, v["members"], v["non_members"], v["auc"], v["tpr_at_0.01_fpr"],
              v["tpr_at_0.001_fpr"]]
-            for name, v in [*report["institutions"].items(),
-                            ("ALL (federation)", report["federation"])]]
-    note = ("TPR at 0.1% FPR needs at least 1,000 non-members to mean anything; chance is "
-            "AUC 0.5 and TPR equal to the FPR")
-    return (f"{report['attack']}; threat model: {report['threat_model']}\n"
+            for name, v in [*rep["institutions"].items(),
+                            ("ALL (federation)", rep["federation"])]]
+    return (f"{rep['attack']}; threat model: {rep['threat_model']}\n"
             + format_table(rows, ["institution", "members", "non-members", "AUC",
-                                  "TPR @ 1% FPR", "TPR @ 0.1% FPR"]) + "\n" + note)
+                                  "TPR @ 1% FPR", "TPR @ 0.1% FPR"]))
+
+
+def attack_table(report: dict) -> str:
+    """Every attack in ``report`` as text."""
+    from fedsilo.privacy.labels import label_table
+
+    parts = []
+    if "loss" in report:
+        parts.append(membership_table(report["loss"]))
+    if "lira" in report:
+        parts.append(f"LiRA with {report['lira']['shadows']} shadow federations "
+                     f"({report['lira']['shadow_training']})")
+        parts += [membership_table(report["lira"][k]) for k in ("online", "offline")]
+    if any(k in report for k in ("loss", "lira")):
+        parts.append("TPR at 0.1% FPR needs at least 1,000 non-members to mean anything; "
+                     "chance is AUC 0.5 and TPR equal to the FPR")
+    if "labels" in report:
+        parts.append(label_table(report["labels"]))
+    if "canary" in report:
+        c = report["canary"]
+        parts.append(f"{c['attack']}: {c['canaries']} canaries at {c['institution']}, "
+                     f"ranked among {c['references']} references: mean exposure "
+                     f"{c['mean_exposure']:.2f} bits (of at most {c['max_exposure']:.2f}); "
+                     f"ranks {c['ranks']}")
+    if "dp_audit" in report:
+        parts.append(audit_table(report["dp_audit"]))
+    return "\n\n".join(parts)
+
+
+def measured_table(report: dict) -> str:
+    """The attacks' headline numbers in one table, for ``fedsilo privacy``."""
+    from fedsilo.results import format_table
+
+    audit = (report.get("dp_audit") or {}).get("attacks", {})
+    rows = []
+    for name, v in _federation_rocs(report).items():
+        bound = audit.get(name, {}).get("epsilon_lower_bound")
+        rows.append([name, v["auc"], v["tpr_at_0.01_fpr"], v["tpr_at_0.001_fpr"],
+                     "-" if bound is None else bound])
+    parts = []
+    if rows:
+        parts.append(format_table(rows, ["membership attack", "AUC", "TPR @ 1% FPR",
+                                         "TPR @ 0.1% FPR", "epsilon proven (95%)"]))
+    lab = report.get("labels") or {}
+    if "federation" in lab:
+        f = lab["federation"]
+        parts.append(f"label inference by the server: L1 error {f['round1_l1']:.3f} in "
+                     f"round 1, {f['mean_l1']:.3f} on average (0 exact, 2 disjoint)")
+    elif "aggregate_only" in lab:
+        parts.append("label inference by the server: no institution's update held (SecAgg+); "
+                     f"the summed counts to L1 error {lab['aggregate_only']['mean_l1']:.3f}")
+    if "canary" in report:
+        c = report["canary"]
+        parts.append(f"canary exposure: {c['mean_exposure']:.2f} bits on average (of at "
+                     f"most {c['max_exposure']:.2f})")
+    return "\n".join(parts)
+
+
+def audit_table(a: dict) -> str:
+    from fedsilo.results import format_table
+
+    rows = [[name, v["epsilon_point_estimate"], v["epsilon_lower_bound"],
+             "yes" if v["respects_bound"] else "NO"] for name, v in a["attacks"].items()]
+    return (f"against the run's guarantee: epsilon {a['epsilon']:.3g}, delta "
+            f"{a['delta']:.1e} ({a['guarantee']})\n"
+            + format_table(rows, ["attack", "empirical epsilon", "lower bound (95%)",
+                                  "within the bound"]))
 
 
 def plot_roc(report: dict, path: Path) -> Path:
-    """The federation's and each institution's ROC on log-log axes."""
+    """The membership attacks' ROCs on log-log axes: the federation's for each attack and,
+    for the loss attack, each institution's."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 5))
-    for name, v in [("federation", report["federation"]), *report["institutions"].items()]:
+    curves = [(f"{k} (federation)", v) for k, v in _federation_rocs(report).items()]
+    if "loss" in report:
+        curves += [(f"loss: {k}", v) for k, v in report["loss"]["institutions"].items()]
+    for name, v in curves:
         fpr, tpr = np.asarray(v["roc"]["fpr"]), np.asarray(v["roc"]["tpr"])
         keep = (fpr > 0) & (tpr > 0)
-        ax.plot(fpr[keep], tpr[keep], lw=2 if name == "federation" else 1,
+        ax.plot(fpr[keep], tpr[keep], lw=2 if "federation" in name else 0.8,
+                alpha=1 if "federation" in name else 0.6,
                 label=f"{name} (AUC {v['auc']:.2f})")
     grid = np.logspace(-4, 0, 50)
     ax.plot(grid, grid, "k--", lw=0.8, label="chance")
     ax.set(xscale="log", yscale="log", xlabel="false-positive rate",
            ylabel="true-positive rate", xlim=(1e-4, 1), ylim=(1e-4, 1),
-           title="membership inference (loss threshold)")
-    ax.legend(fontsize=7)
+           title="membership inference")
+    ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
+
+def plot_dp_bound(report: dict, path: Path) -> Path | None:
+    """The attacks' federation ROCs beside the bound the run's (epsilon, delta) implies."""
+    from fedsilo.privacy import audit
+
+    a = report.get("dp_audit")
+    if not a:
+        return None
+    return audit.plot_bound(_federation_rocs(report), a["epsilon"], a["delta"], path,
+                            "attacks against the DP guarantee")

@@ -60,6 +60,19 @@ class LiveFeatures:
         return Batch(texts=[self.texts[i] for i in idx])
 
 
+class Subset:
+    """Some rows of another source (a shadow model's random half of the records)."""
+
+    def __init__(self, source: FeatureSource, idx: np.ndarray):
+        self.source, self.idx = source, np.asarray(idx, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def rows(self, idx: np.ndarray) -> Batch:
+        return self.source.rows(self.idx[np.asarray(idx, dtype=np.int64)])
+
+
 def compute_prefix(model, texts, batch_size: int = 64) -> dict[str, torch.Tensor]:
     """Run ``model``'s frozen prefix over every text once (the cache's payload).
 
