@@ -104,7 +104,10 @@ class Tracked(Strategy):
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         if arrays is not None:
             arrays = _as_dtypes(arrays, self._sent_dtypes)
-        if self.keep_view and self._sent_bias is not None:
+        if self.keep_view and self._sent_bias is None:  # 'split': it never leaves a node
+            self.ledger.server_view[server_round] = {"replies": {},
+                                                     "output_layer_shared": False}
+        elif self.keep_view:
             self._note_view(server_round, answered, arrays)
         self._aggregated(server_round, "training")
         return arrays, metrics

@@ -99,6 +99,9 @@ def resolve_institution(s: Scenario, node_config: dict) -> tuple[tuple[str, ...]
         raise ConfigError(f"node config: unknown key '{unknown[0]}' (known: "
                           f"{', '.join(sorted(NODE_KEYS - {'num-partitions'}))})")
     if "data-path" in node_config:
+        if s.attack.canaries:
+            raise ConfigError("attack.canaries: canaries are inserted by a simulation only; "
+                              "a deployed node reads its own file unchanged (set it to 0)")
         if "institution" not in node_config:
             raise ConfigError("node config: 'data-path' needs 'institution' (the name this "
                               "node's data belongs to)")

@@ -201,3 +201,31 @@ def test_canaries_go_into_one_institutions_training_split_only():
     assert not set(refs) & set(texts) and len(set(refs)) == 100
     with pytest.raises(ConfigError, match="'attack.canary_institution' names 'bank-9'"):
         build_federation(s.replace(**{"attack.canary_institution": "bank-9"}))
+
+
+def test_label_inference_says_when_the_output_layer_never_left_the_institutions():
+    from fedsilo import config
+    from fedsilo.data import build_federation
+    from fedsilo.privacy.labels import label_attack, label_table
+    from tests.conftest import CONFIGS
+
+    s = config.load(CONFIGS / "smoke.toml", ["personalize.method=split",
+                                             "model.head_hidden=16"])
+    rows = [{"round": r, "server_view": {"replies": {}, "output_layer_shared": False}}
+            for r in (1, 2)]
+    rep = label_attack(s, build_federation(s), rows)
+    assert rep["institutions"] == {} and "never receives it" in rep["not_possible"]
+    assert "not possible: the output layer is private" in label_table(rep)
+
+
+def test_a_deployed_node_refuses_canaries(tmp_path):
+    from fedsilo import config
+    from fedsilo.config import ConfigError
+    from fedsilo.silo import resolve_institution
+    from tests.conftest import CONFIGS
+
+    s = config.load(CONFIGS / "smoke.toml", ["attack.canaries=3"])
+    with pytest.raises(ConfigError, match="attack.canaries: canaries are inserted by a "
+                                          "simulation only"):
+        resolve_institution(s, {"institution": "bank-a",
+                                "data-path": str(tmp_path / "bank-a.csv")})

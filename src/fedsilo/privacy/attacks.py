@@ -358,6 +358,8 @@ def measured_table(report: dict) -> str:
         f = lab["federation"]
         parts.append(f"label inference by the server: L1 error {f['round1_l1']:.3f} in "
                      f"round 1, {f['mean_l1']:.3f} on average (0 exact, 2 disjoint)")
+    elif "not_possible" in lab:
+        parts.append(f"label inference by the server: not possible ({lab['not_possible']})")
     elif "aggregate_only" in lab:
         parts.append("label inference by the server: no institution's update held (SecAgg+); "
                      f"the summed counts to L1 error {lab['aggregate_only']['mean_l1']:.3f}")

@@ -104,6 +104,14 @@ def label_attack(s, fed, rows: list[dict]) -> dict:
     if not views:
         raise ConfigError("attack: the run kept no server view; run it with "
                           "attack.server_view = true for the label-inference attack")
+    report = {"attack": "label inference from the output layer's bias update (iDLG-style)",
+              "threat_model": THREAT_SERVER, "optimizer": s.train.optimizer,
+              "institutions": {}, "rounds": len(views)}
+    if all(v.get("output_layer_shared") is False for _, v in views):
+        report["not_possible"] = ("the output layer is private to each institution "
+                                  "(personalize.method = 'split'): the server never "
+                                  "receives it, so this attack has nothing to read")
+        return report
     truth = true_counts(s, fed)
     per: dict[str, list[dict]] = {}
     aggregate: list[dict] = []
@@ -123,9 +131,7 @@ def label_attack(s, fed, rows: list[dict]) -> dict:
             aggregate.append({"round": rnd, **histogram_error(
                 got, sum(truth.values())), "institutions": agg["institutions"]})
     institutions = {name: _summary(v, truth[name]) for name, v in per.items()}
-    report = {"attack": "label inference from the output layer's bias update (iDLG-style)",
-              "threat_model": THREAT_SERVER, "optimizer": s.train.optimizer,
-              "institutions": institutions, "rounds": len(views)}
+    report["institutions"] = institutions
     if s.train.optimizer != "sgd":
         report["caveat"] = (f"the run used {s.train.optimizer}: its per-coordinate step "
                             f"normalisation hides the size of the bias gradient, so these "
@@ -162,6 +168,8 @@ def label_table(report: dict) -> str:
                                          "L1 error mean", "top-1 label found"]))
         lines.append("L1 error between the recovered and the true label distribution of "
                      "the institution's training data: 0 is exact, 2 is disjoint")
+    if "not_possible" in report:
+        lines.append(f"not possible: {report['not_possible']}")
     if "aggregate_only" in report:
         a = report["aggregate_only"]
         lines.append(f"{a['note']} (L1 error of the summed counts: {a['mean_l1']:.3f})")
