@@ -79,6 +79,12 @@ def test_dp_sgd_at_a_small_epsilon_stays_within_its_bound_and_hides_the_canaries
     assert undefended["epsilon_lower_bound"] > 1.0
     # more noise, less exposure
     assert report["canary"]["mean_exposure"] < overfit[1]["canary"]["mean_exposure"] - 2
+    # the run's HTML page carries the attacks, their ROC and the bound
+    page = fedsilo("report", str(run), cwd=tmp_path)
+    assert page.returncode == 0, page.stderr[-2000:]
+    text = (run / "report.html").read_text()
+    assert "<h2>Attacks</h2>" in text and "within the bound" in text
+    assert "alt='attack_roc'" in text and "alt='attack_dp_bound'" in text
 
 
 LABELS = ("scenario.rounds=2", "train.optimizer=sgd", "train.local_epochs=1",

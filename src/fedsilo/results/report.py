@@ -90,9 +90,15 @@ def _one_run(run: dict) -> str:
     parts += ["<h2>Privacy</h2>",
               f"<pre>{html.escape(privacy)}</pre>" if privacy else
               f"<p>{html.escape((sm.get('privacy') or {}).get('note', 'none'))}</p>"]
-    if sm.get("attacks"):
-        parts += ["<h2>Attacks</h2>", f"<pre>{html.escape(json.dumps(sm['attacks'], indent=2))}"
-                  f"</pre>"]
+    attacks = run["dir"] / "attacks.json"
+    if attacks.is_file():  # fedsilo attack was run against it
+        from fedsilo.privacy.attacks import attack_table
+
+        report = json.loads(attacks.read_text())
+        parts += ["<h2>Attacks</h2>", f"<pre>{html.escape(attack_table(report))}</pre>"]
+        parts += [_png(run["dir"] / name) for name in ("attack_roc.png",
+                                                       "attack_dp_bound.png")
+                  if (run["dir"] / name).is_file()]
     parts += ["<h2>Scenario</h2>", f"<pre>{html.escape(run['config'])}</pre>"]
     return "\n".join(parts)
 
@@ -226,6 +232,12 @@ def _img(fig) -> str:
     plt.close(fig)
     data = base64.b64encode(buf.getvalue()).decode()
     return f"<img alt='plot' src='data:image/png;base64,{data}'>"
+
+
+def _png(path: Path) -> str:
+    """A PNG file as an image inside the page."""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f"<img alt='{html.escape(path.stem)}' src='data:image/png;base64,{data}'>"
 
 
 def _f(value) -> str:
