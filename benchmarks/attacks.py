@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from fedsilo.privacy.audit import epsilon_lower_bound  # noqa: E402
 from fedsilo.results import format_table  # noqa: E402
 
 OVERFIT = ["scenario.rounds=3", "train.local_epochs=30", "model.head_hidden=256",
@@ -95,7 +96,7 @@ def table(args) -> dict:
         a = r["attacks"]
         eps, level = epsilon_of(r["summary"])
         lab = a.get("labels", {})
-        label_err = lab["federation"]["round1_l1"] if "federation" in lab else \
+        label_err = lab["federation"]["first_round_l1"] if "federation" in lab else \
             f"sum only: {lab['aggregate_only']['mean_l1']:.3f}"
         audit = a.get("dp_audit", {}).get("attacks", {}).get("LiRA online", {})
         rows.append([name, r["summary"]["final"]["global"]["macro_f1"],
@@ -131,15 +132,21 @@ def noise(args) -> dict:
         fedsilo(["attack", str(workdir / "runs" / r["run"]), "--attack", "loss"], workdir)
         a = json.loads((workdir / "runs" / r["run"] / "attacks.json").read_text())
         eps, _ = epsilon_of(r["summary"])
+        lira = a["lira"]["online"]["federation"]
+        proven = epsilon_lower_bound(lira["roc"]["fpr"], lira["roc"]["tpr"], lira["members"],
+                                     lira["non_members"], 1e-5)
         points.append({"sigma": sigma, "macro_f1": r["summary"]["final"]["global"]["macro_f1"],
                        "epsilon": eps, "loss_auc": a["loss"]["federation"]["auc"],
-                       "lira_auc": a["lira"]["online"]["federation"]["auc"],
-                       "lira_tpr_1pct": a["lira"]["online"]["federation"]["tpr_at_0.01_fpr"]})
+                       "lira_auc": lira["auc"], "lira_tpr_1pct": lira["tpr_at_0.01_fpr"],
+                       "lira_epsilon_point": proven["epsilon_point_estimate"],
+                       "lira_epsilon_proven": proven["epsilon_lower_bound"]})
     print(format_table([[p["sigma"], p["macro_f1"], "inf" if p["epsilon"] is None else
-                         p["epsilon"], p["loss_auc"], p["lira_auc"], p["lira_tpr_1pct"]]
+                         p["epsilon"], p["loss_auc"], p["lira_auc"], p["lira_tpr_1pct"],
+                         p["lira_epsilon_point"], p["lira_epsilon_proven"]]
                         for p in points],
                        ["noise multiplier", "macro-F1", "epsilon", "loss AUC",
-                        "LiRA online AUC", "LiRA TPR@1%FPR"]))
+                        "LiRA online AUC", "LiRA TPR@1%FPR", "LiRA empirical eps",
+                        "proven (95%, delta 1e-5)"]))
     if args.png:
         plot(points, args.png)
         print(f"written: {args.png}")

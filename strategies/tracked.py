@@ -101,46 +101,47 @@ class Tracked(Strategy):
                                 f"(privacy.max_epsilon)")
         if hasattr(self.inner, "num_nodes_to_select"):  # Krum and MultiKrum
             self._record_selection(server_round, answered)
+        view = self._view_of_replies(answered) if self.keep_view else None  # as received
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         if arrays is not None:
             arrays = _as_dtypes(arrays, self._sent_dtypes)
-        if self.keep_view and self._sent_bias is None:  # 'split': it never leaves a node
-            self.ledger.server_view[server_round] = {"replies": {},
-                                                     "output_layer_shared": False}
-        elif self.keep_view:
-            self._note_view(server_round, answered, arrays)
+        if view is not None:
+            if not view["replies"] and view.get("output_layer_shared", True) and \
+                    arrays is not None:  # masked vectors (SecAgg+): only the aggregate
+                view["aggregate"] = {
+                    **self._seen(arrays), "institutions": len(answered),
+                    "examples": sum(int(_metrics(m)[protocol.NUM_EXAMPLES])
+                                    for m in answered)}
+            self.ledger.server_view[server_round] = view
         self._aggregated(server_round, "training")
         return arrays, metrics
 
-    def _note_view(self, server_round: int, answered: list[Message],
-                   arrays: ArrayRecord | None) -> None:
-        """What an honest-but-curious server holds of the output layer this round: every
-        reply's change to its bias, with the logits the sent layer gives at the mean input
-        the reply's weight change reveals (fedsilo.privacy.labels); or, when the replies
-        carry only masked vectors (SecAgg+), the same of the aggregate, and how many took
-        part."""
-        from fedsilo.privacy.labels import mean_input_logits
-
-        sent_b, sent_w = self._sent_bias, self._sent_weight
-
-        def seen(rec) -> dict:
-            db = rec[protocol.OUTPUT_BIAS].numpy().astype(np.float64) - sent_b
-            dw = rec[protocol.OUTPUT_WEIGHT].numpy().astype(np.float64) - sent_w
-            return {"update": db.tolist(),
-                    "logits": mean_input_logits(sent_w, sent_b, dw, db).tolist()}
-
+    def _view_of_replies(self, answered: list[Message]) -> dict:
+        """What an honest-but-curious server holds of the output layer, as the replies
+        arrive (before any clipping of the server's own): every reply's change to its bias,
+        with the logits the sent layer gives at the mean input the reply's weight change
+        reveals (fedsilo.privacy.labels). Replies that carry masked vectors (SecAgg+) give
+        nothing; the aggregate is added after aggregation."""
+        if self._sent_bias is None:  # 'split': the output layer never leaves a node
+            return {"replies": {}, "output_layer_shared": False}
         view: dict = {"replies": {}}
         for m in answered:
             rec = m.content.array_records.get(protocol.ARRAYS)
-            if rec is None or protocol.OUTPUT_BIAS not in rec:
-                continue
+            examples = int(_metrics(m)[protocol.NUM_EXAMPLES])
+            if rec is None or protocol.OUTPUT_BIAS not in rec or examples == 0:
+                continue  # masked, or an institution that did not train (its budget spent)
             view["replies"][self.ledger.name_of(m.metadata.src_node_id)] = {
-                **seen(rec), "examples": int(_metrics(m)[protocol.NUM_EXAMPLES])}
-        if not view["replies"] and arrays is not None and protocol.OUTPUT_BIAS in arrays:
-            view["aggregate"] = {
-                **seen(arrays), "institutions": len(answered),
-                "examples": sum(int(_metrics(m)[protocol.NUM_EXAMPLES]) for m in answered)}
-        self.ledger.server_view[server_round] = view
+                **self._seen(rec), "examples": examples}
+        return view
+
+    def _seen(self, rec: ArrayRecord) -> dict:
+        from fedsilo.privacy.labels import mean_input_logits
+
+        sent_b, sent_w = self._sent_bias, self._sent_weight
+        db = rec[protocol.OUTPUT_BIAS].numpy().astype(np.float64) - sent_b
+        dw = rec[protocol.OUTPUT_WEIGHT].numpy().astype(np.float64) - sent_w
+        return {"update": db.tolist(),
+                "logits": mean_input_logits(sent_w, sent_b, dw, db).tolist()}
 
     def stop_if_training_failed(self, server_round: int, replies: list[Message]) -> None:
         """With ``strategy.on_failure = 'stop'``: ClientFailure naming who failed training

@@ -226,7 +226,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
     if args.shadows is not None and args.shadows < 2:
         raise ConfigError(f"attack: --shadows must be at least 2, got {args.shadows}")
-    which = possible(args.run) if args.attack == "all" else [args.attack]
+    which, why = possible(args.run) if args.attack == "all" else ([args.attack], {})
     report = run_attacks(args.run, which, shadows=args.shadows)
     written = ["attacks.json"]
     if any(k in report for k in ("loss", "lira")):
@@ -235,11 +235,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
     if plot_dp_bound(report, args.run / "attack_dp_bound.png"):
         written.append("attack_dp_bound.png")
     print(attack_table({k: v for k, v in report.items() if k in (*which, "dp_audit")}))
-    needs = {"labels": "attack.server_view = true", "canary": "attack.canaries > 0",
-             "loss": "a shared output layer", "lira": "a shared output layer"}
     for a in ATTACKS:
-        if args.attack == "all" and a not in which:
-            print(f"not run: {a} (the run would need {needs[a]})")
+        if a in why:
+            print(f"not run: {a} ({why[a]})")
     print(f"written: {_rel(args.run)}/{', '.join(written)}")
     return 0
 

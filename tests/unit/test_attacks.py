@@ -229,3 +229,23 @@ def test_a_deployed_node_refuses_canaries(tmp_path):
                                           "simulation only"):
         resolve_institution(s, {"institution": "bank-a",
                                 "data-path": str(tmp_path / "bank-a.csv")})
+
+
+def test_members_are_the_rows_trained_on_and_unmemorised_canaries_score_log2_e():
+    from fedsilo.config import Scenario
+    from fedsilo.privacy.attacks import chance_exposure
+    from fedsilo.training import holdout, round_seed, trained_rows
+
+    s = Scenario().replace(**{"model.scope": "top-k"})  # stops early: a holdout
+    held = holdout(50, s.train.validation_share, round_seed(s.scenario.seed, 0, "bank-1"))
+    assert len(held) == 5
+    assert sorted(set(trained_rows(s, "bank-1", 50)) | set(held)) == list(range(50))
+    for plain in (Scenario(), s.replace(**{"privacy.dp": True}),
+                  s.replace(**{"strategy.name": "scaffold", "train.optimizer": "sgd"})):
+        assert trained_rows(plain, "bank-1", 50).tolist() == list(range(50))
+    # a canary ranked uniformly among R + 1 candidates: mean exposure about log2(e)
+    rng = np.random.default_rng(0)
+    ranks = rng.integers(1, 1002, 200000)
+    assert chance_exposure(1001) == pytest.approx(np.mean(np.log2(1001) - np.log2(ranks)),
+                                                  abs=0.01)
+    assert chance_exposure(1001) == pytest.approx(np.log2(np.e), abs=0.01)

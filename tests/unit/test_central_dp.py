@@ -183,3 +183,28 @@ def test_accounting_leaves_the_root_logger_alone():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_the_servers_view_is_each_reply_as_received_before_its_own_clipping():
+    """With attack.server_view the server keeps each institution's output-layer change as
+    it arrived (the server clips it only afterwards), and skips one that did not train."""
+    _s, strategy = _strategy("server-fixed", **{"privacy.central.clip_norm": 0.01,
+                                                "attack.server_view": True})
+    rng = np.random.default_rng(2)
+    x = {"head.out.weight": rng.normal(size=(3, 4)), "head.out.bias": rng.normal(size=3)}
+    updates = [{k: rng.normal(0, 1.0, v.shape) for k, v in x.items()} for _ in NODES]
+    arrays = ArrayRecord({k: Array(v.astype(np.float32)) for k, v in x.items()})
+    list(strategy.configure_train(1, arrays, ConfigRecord(), FakeGrid(NODES)))
+    replies = _replies(x, updates)
+    replies[-1] = reply(NODES[-1], {k: x[k] for k in x},
+                        {"num-examples": 0, "train-loss": 0.0}, dtype=np.float32)
+    strategy.aggregate_train(1, replies)
+    view = strategy.ledger.server_view[1]
+    assert sorted(view["replies"]) == [ROSTER[n]["institution"] for n in NODES[:-1]]
+    for i, n in enumerate(NODES[:-1]):
+        got = view["replies"][ROSTER[n]["institution"]]
+        sent = x["head.out.bias"].astype(np.float32).astype(np.float64)
+        want = (x["head.out.bias"] + updates[i]["head.out.bias"]).astype(np.float32) - sent
+        np.testing.assert_allclose(got["update"], want, atol=1e-6)  # unclipped
+        assert got["examples"] == 10 * (i + 1) and len(got["logits"]) == 3
+    assert "aggregate" not in view

@@ -78,21 +78,25 @@ def per_record_loss(model, source, labels: np.ndarray, device, batch_size: int =
 ATTACKS = ("loss", "lira", "labels", "canary")
 
 
-def possible(run_dir: Path) -> list[str]:
-    """The attacks a run allows: the membership attacks always (with an output layer in
-    the shared model), labels with a server view, canary with canaries."""
+def possible(run_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """(the attacks a run allows, why each other one is not run): the membership and
+    canary attacks need an output layer in the shared model, labels a server view,
+    canary canaries."""
     from fedsilo import config
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
-        return list(ATTACKS)  # run_attacks says what is wrong
+        return list(ATTACKS), {}  # run_attacks says what is wrong
     s = config.load(run_dir / "config.toml")
-    out = [] if s.personalize.method == "split" else ["loss", "lira"]
-    if s.attack.server_view:
-        out.append("labels")
-    if s.attack.canaries and s.personalize.method != "split":
-        out.append("canary")
-    return out
+    why = {}
+    if s.personalize.method == "split":
+        for a in ("loss", "lira", "canary"):
+            why[a] = "the shared model of a 'split' run has no output layer"
+    if not s.attack.server_view:
+        why["labels"] = "the run kept no server view (attack.server_view = true)"
+    if not s.attack.canaries:
+        why.setdefault("canary", "the run holds no canaries (attack.canaries > 0)")
+    return [a for a in ATTACKS if a not in why], why
 
 
 def _load(run_dir: Path):
@@ -134,8 +138,17 @@ def run_attacks(run_dir: Path, which: list[str], shadows: int | None = None,
                           "layer (each institution keeps its own); the loss, LiRA and "
                           "canary attacks need one")
     path = run_dir / "attacks.json"
-    report = json.loads(path.read_text()) if path.is_file() else {}
-    report.pop("attack", None)  # an older single-attack file
+    report = {}
+    if path.is_file():
+        try:
+            report = json.loads(path.read_text())
+        except ValueError:
+            raise ConfigError(f"attack: '{path}' is damaged (not JSON); move it away to "
+                              f"start the attacks' record afresh") from None
+    if "attack" in report:  # a file of the loss attack alone: its result is the loss part
+        report = {"loss": {k: report.pop(k) for k in ("attack", "threat_model",
+                                                     "institutions", "federation")
+                           if k in report}, **report}
     if "loss" in which:
         report["loss"] = loss_attack(s, fed, rt, model, final, progress)
     if "lira" in which:
@@ -168,6 +181,7 @@ def _membership(per: dict[str, tuple[np.ndarray, np.ndarray]], name: str,
 def loss_attack(s, fed, rt, model, final: dict, progress=print) -> dict:
     """The loss-threshold membership attack against the final shared model."""
     from fedsilo.silo import features, labels_of
+    from fedsilo.training import trained_rows
 
     model.set_arrays(final)
     per = {}
@@ -176,6 +190,7 @@ def loss_attack(s, fed, rt, model, final: dict, progress=print) -> dict:
                  f"({inst.name})")
         inside = -per_record_loss(model, features(s, rt, model, inst, "train"),
                                   labels_of(inst, "train"), rt.device)
+        inside = inside[trained_rows(s, inst.name, len(inside))]  # never the holdout
         outside = -per_record_loss(model, features(s, rt, model, inst, "test"),
                                    labels_of(inst, "test"), rt.device)
         per[inst.name] = (inside, outside)
@@ -213,11 +228,14 @@ def lira_attack(s, fed, rt, model, init: dict, final: dict, shadows: int,
            "shadow_training": "FedAvg over the same institutions with the run's local "
                               "training" + (" (DP-SGD)" if s.privacy.dp else "")
                               + f"; the run's strategy: {s.strategy.name}"}
+    from fedsilo.training import trained_rows
+
     for name, sc in (("online", online), ("offline", offline)):
         per, at = {}, 0
         for inst, (src, _), n in zip(fed.institutions, pools, n_train, strict=True):
             part = sc[at:at + len(src)]
-            per[inst.name] = (part[:n], part[n:])
+            # members: the rows trained on (a validation holdout is neither)
+            per[inst.name] = (part[:n][trained_rows(s, inst.name, n)], part[n:])
             at += len(src)
         out[name] = _membership(per, f"LiRA {name}, fixed variance (Carlini et al. 2022)",
                                 THREAT_OUTSIDER)
@@ -239,6 +257,18 @@ def canary_exposure(s, fed, rt, model, final: dict, progress=print) -> dict:
     progress(f"attack: canary exposure, {a.canaries} canaries among "
              f"{a.canary_references} references")
     texts, labels = canaries.draw(a.canaries, len(fed.labels), s.scenario.seed, "inserted")
+    # canaries that fell into a validation holdout were never trained on: left out
+    from fedsilo.training import trained_rows
+
+    who = canaries.holder(fed, a.canary_institution)
+    n = len(fed.get(who).train_texts)
+    trained = np.isin(np.arange(n - a.canaries, n), trained_rows(s, who, n))
+    texts = tuple(t for t, k in zip(texts, trained, strict=True) if k)
+    labels = labels[trained]
+    if not len(texts):
+        raise ConfigError(f"attack: every canary at '{who}' is in its validation holdout "
+                          f"(never trained on); set train.early_stopping = 'off' or more "
+                          f"attack.canaries")
     refs, ref_labels = canaries.references(a.canary_references, len(fed.labels),
                                            s.scenario.seed)
     model.set_arrays(final)
@@ -250,16 +280,25 @@ def canary_exposure(s, fed, rt, model, final: dict, progress=print) -> dict:
         losses[name] = per_record_loss(model, features(s, rt, model, probe, "train"), y,
                                        rt.device)
     ref = np.sort(losses["references"])
+    # the canary's rank among itself and the R references (1: the lowest loss)
     ranks = 1 + np.searchsorted(ref, losses["canaries"], side="left")
-    exposure = np.log2(len(ref)) - np.log2(ranks)
-    from fedsilo.data.canaries import holder
-
+    candidates = len(ref) + 1
+    exposure = np.log2(candidates) - np.log2(ranks)
     return {"attack": "canary exposure (Carlini et al. 2019)",
-            "threat_model": THREAT_OUTSIDER, "institution": holder(fed, a.canary_institution),
-            "canaries": int(a.canaries), "references": int(a.canary_references),
+            "threat_model": THREAT_OUTSIDER, "institution": who,
+            "canaries": int(len(texts)), "held_out": int(a.canaries - len(texts)),
+            "references": int(a.canary_references),
             "ranks": ranks.tolist(), "exposure": exposure.tolist(),
             "mean_exposure": float(exposure.mean()),
-            "max_exposure": float(np.log2(len(ref)))}
+            "max_exposure": float(np.log2(candidates)),
+            "chance_exposure": chance_exposure(candidates)}
+
+
+def chance_exposure(candidates: int) -> float:
+    """The mean exposure of a canary the model did not memorise (its rank uniform among
+    the candidates): about log2(e) = 1.44 bits."""
+    ranks = np.arange(1, candidates + 1)
+    return float(np.log2(candidates) - np.mean(np.log2(ranks)))
 
 
 def dp_audit(s, summary: dict, report: dict) -> dict | None:
@@ -332,8 +371,11 @@ def attack_table(report: dict) -> str:
         c = report["canary"]
         parts.append(f"{c['attack']}: {c['canaries']} canaries at {c['institution']}, "
                      f"ranked among {c['references']} references: mean exposure "
-                     f"{c['mean_exposure']:.2f} bits (of at most {c['max_exposure']:.2f}); "
-                     f"ranks {c['ranks']}")
+                     f"{c['mean_exposure']:.2f} bits (at most {c['max_exposure']:.2f}; "
+                     f"{c['chance_exposure']:.2f} for a canary not memorised); ranks "
+                     f"{c['ranks']}"
+                     + (f"; {c['held_out']} in the validation holdout, left out"
+                        if c.get("held_out") else ""))
     if "dp_audit" in report:
         parts.append(audit_table(report["dp_audit"]))
     return "\n\n".join(parts)
@@ -356,8 +398,9 @@ def measured_table(report: dict) -> str:
     lab = report.get("labels") or {}
     if "federation" in lab:
         f = lab["federation"]
-        parts.append(f"label inference by the server: L1 error {f['round1_l1']:.3f} in "
-                     f"round 1, {f['mean_l1']:.3f} on average (0 exact, 2 disjoint)")
+        parts.append(f"label inference by the server: L1 error {f['first_round_l1']:.3f} "
+                     f"in the first round, {f['mean_l1']:.3f} on average (0 exact, 2 "
+                     f"disjoint)")
     elif "not_possible" in lab:
         parts.append(f"label inference by the server: not possible ({lab['not_possible']})")
     elif "aggregate_only" in lab:
@@ -365,8 +408,8 @@ def measured_table(report: dict) -> str:
                      f"the summed counts to L1 error {lab['aggregate_only']['mean_l1']:.3f}")
     if "canary" in report:
         c = report["canary"]
-        parts.append(f"canary exposure: {c['mean_exposure']:.2f} bits on average (of at "
-                     f"most {c['max_exposure']:.2f})")
+        parts.append(f"canary exposure: {c['mean_exposure']:.2f} bits on average (at most "
+                     f"{c['max_exposure']:.2f}, {c['chance_exposure']:.2f} by chance)")
     return "\n".join(parts)
 
 

@@ -5,8 +5,11 @@ Under (epsilon, delta)-DP, any test that tells a member from a non-member has
 threshold. An attack's ROC that crosses that line at some threshold proves the guarantee
 does not hold; conversely each point gives a lower bound on the epsilon the training can
 have (Jagielski et al. 2020, Nasr et al. 2021). The rates are estimates from finitely many
-records, so the bound uses Clopper-Pearson intervals at 95% confidence: a lower bound on
-TPR and an upper bound on FPR, so that chance alone does not produce a violation.
+records, so the bound uses Clopper-Pearson intervals: a lower bound on TPR and an upper
+bound on FPR, so that chance alone does not produce a violation. The best of many
+thresholds is taken, so each threshold's intervals are at 1 - 0.05 / (number of
+thresholds) (Bonferroni): with 95% confidence every threshold's bound holds at once, the
+best one included.
 
 This reads the attack over many records at once, as audits of DP training do; the formal
 guarantee is per record, so the empirical epsilon is a measurement, not a proof about one
@@ -34,9 +37,10 @@ def _clopper_pearson(k: np.ndarray, n: int, alpha: float) -> tuple[np.ndarray, n
 
 def epsilon_lower_bound(fpr: np.ndarray, tpr: np.ndarray, members: int, non_members: int,
                         delta: float, confidence: float = CONFIDENCE) -> dict:
-    """The largest epsilon the ROC proves, at ``confidence`` and as a point estimate."""
+    """The largest epsilon the ROC proves, at ``confidence`` (over all its thresholds
+    together) and as a point estimate."""
     fpr, tpr = np.asarray(fpr, dtype=np.float64), np.asarray(tpr, dtype=np.float64)
-    alpha = 1 - confidence
+    alpha = (1 - confidence) / max(len(fpr), 1)  # Bonferroni over the thresholds
     tp, fp = np.round(tpr * members), np.round(fpr * non_members)
     # a true rate can be lower than the measured TPR and higher than the measured FPR:
     # both make the proven epsilon smaller

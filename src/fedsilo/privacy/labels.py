@@ -83,15 +83,11 @@ def step_size_sum(s, examples: int) -> float:
 
 def true_counts(s, fed) -> dict[str, np.ndarray]:
     """Each institution's training label counts over the rows it trains on."""
-    from fedsilo.training import holdout, round_seed
+    from fedsilo.training import trained_rows
 
     out = {}
     for inst in fed.institutions:
-        y = inst.train_labels
-        if s.train.stops_early(s.model.scope):
-            kept = np.setdiff1d(np.arange(len(y)), holdout(
-                len(y), s.train.validation_share, round_seed(s.scenario.seed, 0, inst.name)))
-            y = y[kept]
+        y = inst.train_labels[trained_rows(s, inst.name, len(inst.train_labels))]
         out[inst.name] = np.bincount(y, minlength=len(fed.labels)).astype(np.float64)
     return out
 
@@ -117,6 +113,8 @@ def label_attack(s, fed, rows: list[dict]) -> dict:
     aggregate: list[dict] = []
     for rnd, view in views:
         for name, rep in view.get("replies", {}).items():
+            if rep["examples"] == 0:  # it did not train this round
+                continue
             got = recover_counts(np.asarray(rep["update"]), rep["examples"],
                                  step_size_sum(s, rep["examples"]), rep.get("logits"))
             per.setdefault(name, []).append(
@@ -132,21 +130,32 @@ def label_attack(s, fed, rows: list[dict]) -> dict:
                 got, sum(truth.values())), "institutions": agg["institutions"]})
     institutions = {name: _summary(v, truth[name]) for name, v in per.items()}
     report["institutions"] = institutions
+    caveats = []
     if s.train.optimizer != "sgd":
-        report["caveat"] = (f"the run used {s.train.optimizer}: its per-coordinate step "
-                            f"normalisation hides the size of the bias gradient, so these "
-                            f"counts are rough; the attack is exact in spirit for SGD")
+        caveats.append(f"the run used {s.train.optimizer}: its per-coordinate step "
+                       f"normalisation hides the size of the bias gradient, so these "
+                       f"counts are rough")
+    if s.train.stops_early(s.model.scope):
+        caveats.append("early stopping may end a round before its last epoch; the step "
+                       "sizes are counted as if every epoch ran")
+    if s.strategy.name in ("scaffold", "fedprox") or s.train.weight_decay > 0:
+        caveats.append("SCAFFOLD's correction, FedProx's term and weight decay also move "
+                       "the bias; the estimate leaves them out")
+    if caveats:
+        report["caveat"] = "; ".join(caveats)
     if aggregate:
         report["aggregate_only"] = {
             "note": "the server held only the aggregate of the replies (SecAgg+): no "
                     "institution's own labels can be attacked; the federation's summed "
-                    "counts are recovered instead",
+                    "counts are recovered instead (exact for institutions of equal size; "
+                    "the weighted mean tilts them towards the larger ones)",
             "rounds": aggregate,
             "mean_l1": float(np.mean([a["l1"] for a in aggregate]))}
     if institutions:
         report["federation"] = {
             "mean_l1": float(np.mean([v["mean_l1"] for v in institutions.values()])),
-            "round1_l1": float(np.mean([v["first_l1"] for v in institutions.values()])),
+            "first_round_l1": float(np.mean([v["first_l1"] for v in
+                                              institutions.values()])),
             "top1": float(np.mean([v["top1_share"] for v in institutions.values()]))}
     return report
 
@@ -164,7 +173,7 @@ def label_table(report: dict) -> str:
     if report["institutions"]:
         rows = [[name, v["first_l1"], v["mean_l1"], v["top1_share"]]
                 for name, v in report["institutions"].items()]
-        lines.append(format_table(rows, ["institution", "L1 error round 1",
+        lines.append(format_table(rows, ["institution", "L1 error, first round",
                                          "L1 error mean", "top-1 label found"]))
         lines.append("L1 error between the recovered and the true label distribution of "
                      "the institution's training data: 0 is exact, 2 is disjoint")
@@ -181,5 +190,11 @@ def label_table(report: dict) -> str:
 def read_rows(run_dir: Path) -> list[dict]:
     import json
 
+    from fedsilo.config import ConfigError
+
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    try:
+        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"attack: cannot read the rounds of '{run_dir}' from "
+                          f"metrics.jsonl ({exc})") from None

@@ -56,12 +56,14 @@ def train_shadow(s, model, pools: list[tuple[FeatureSource, np.ndarray]],
             model.set_arrays({k: v.astype(np.float32) for k, v in shared.items()})
             sub, y = Subset(source, idx), labels[idx]
             seed = round_seed(s.scenario.seed + 7919 * (shadow + 1), rnd, f"shadow-{i}")
+            fixed = round_seed(s.scenario.seed + 7919 * (shadow + 1), 0, f"shadow-{i}")
             if s.privacy.dp:
                 plan = dpsgd.plan(s.privacy, s.train, len(idx), s.scenario.rounds)
                 dpsgd.dp_train(model, sub, y, s.train, plan, seed, device)
             else:
-                val = holdout(len(idx), s.train.validation_share, seed) \
-                    if s.train.stops_early(s.model.scope) else None
+                val = holdout(len(idx), s.train.validation_share, fixed) \
+                    if s.train.stops_early(s.model.scope) and s.strategy.name != "scaffold" \
+                    else None
                 local_train(model, sub, y, s.train, seed, device, validation=val)
             got = model.get_arrays()
             n = len(idx)
@@ -100,8 +102,12 @@ def scores(target: np.ndarray, shadow_conf: np.ndarray, inside: np.ndarray
 
 
 def _pooled_sd(residuals: np.ndarray, which: np.ndarray) -> float:
-    vals = residuals[which]
-    return float(max(np.std(vals), 1e-6)) if vals.size > 1 else 1.0
+    """One standard deviation for all records: the residuals about each record's own
+    mean, with a degree of freedom taken per record that has any."""
+    dof = int(which.sum()) - int(which.any(0).sum())
+    if dof <= 0:
+        return 1.0
+    return float(max(np.sqrt((residuals[which] ** 2).sum() / dof), 1e-6))
 
 
 def run_shadows(s, model, pools, init: dict, count: int, device, progress=print

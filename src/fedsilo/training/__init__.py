@@ -109,6 +109,18 @@ def holdout(n: int, share: float, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(n)[:k])
 
 
+def trained_rows(s, name: str, n: int) -> np.ndarray:
+    """The rows of institution ``name``'s ``n`` training examples its local training steps
+    on: all of them, or all but the validation holdout when plain local training stops
+    early (DP-SGD and SCAFFOLD never hold rows out)."""
+    rows = np.arange(n)
+    if s.train.stops_early(s.model.scope) and not s.privacy.dp and \
+            s.strategy.name != "scaffold":
+        rows = np.setdiff1d(rows, holdout(n, s.train.validation_share,
+                                          round_seed(s.scenario.seed, 0, name)))
+    return rows
+
+
 def local_train(model: ScopedModel, source: FeatureSource, labels: np.ndarray,
                 t: TrainSection, seed: int, device: torch.device, prox_mu: float = 0.0,
                 correction: dict[str, torch.Tensor] | None = None,
