@@ -157,7 +157,7 @@ def test_a_signal_stops_the_run_within_seconds_and_it_can_be_resumed(tmp_path, c
 
 
 def _kill_a_worker_mid_run(tmp_path, cache_dir, *sets):
-    proc = subprocess.Popen(_cmd(tmp_path, cache_dir, "scenario.rounds=6", *sets),
+    proc = subprocess.Popen(_cmd(tmp_path, cache_dir, f"scenario.rounds={ROUNDS}", *sets),
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     _wait_for_rows(tmp_path / "runs", 2, proc)
@@ -169,17 +169,22 @@ def _kill_a_worker_mid_run(tmp_path, cache_dir, *sets):
     return proc.returncode, out, err
 
 
-def test_a_killed_worker_with_skip_leaves_institutions_out_of_that_round_only(tmp_path,
-                                                                             cache_dir):
+# a smoke round takes a fraction of a second and a Ray worker seconds to restart: enough
+# rounds that the killed worker's institutions are back well before the end
+ROUNDS = 30
+
+
+def test_a_killed_worker_with_skip_leaves_institutions_out_while_it_restarts(tmp_path,
+                                                                            cache_dir):
     code, out, err = _kill_a_worker_mid_run(tmp_path, cache_dir, "strategy.on_failure=skip")
     assert code == 0, err[-2000:]
     run = _finished(tmp_path / "runs")[0]
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     hit = [r for r in rows if r.get("dropped")]
-    # the institutions of the killed worker miss what was sent to it while it restarted:
-    # with evaluation riding on training, round r's training and round r-1's evaluation
-    # per failed message; a slow restart can take the next round's message too
-    assert 1 <= len(hit) <= 3 and hit[0]["round"] >= 3, hit  # after the kill
+    # the institutions of the killed worker miss what is sent to it while it restarts
+    # (with evaluation riding on training, round r's training and round r-1's
+    # evaluation per failed message): one round or a few, depending on the machine's load
+    assert hit and hit[0]["round"] >= 3 and hit[-1]["round"] < ROUNDS, hit
     assert [r["round"] for r in hit] == list(range(hit[0]["round"],
                                                    hit[0]["round"] + len(hit)))
     # only the killed worker's institutions (4 institutions on 2 workers), for its death
@@ -187,7 +192,7 @@ def test_a_killed_worker_with_skip_leaves_institutions_out_of_that_round_only(tm
     assert all(why.startswith(("training: ", "evaluation: ")) and "Actor" in why
                for r in hit for why in r["dropped"].values())
     for r in hit:
-        assert f"round {r['round']:>3}/6" in out and "dropped: " in out
+        assert f"round {r['round']:>3}/{ROUNDS}" in out and "dropped: " in out
     for r in rows[hit[-1]["round"]:]:  # every institution is back afterwards
         assert len(r["institutions"]) == 4 and all(
             v["accuracy"] is not None and v["train_loss"] is not None
