@@ -427,39 +427,50 @@ def audit_table(a: dict) -> str:
 def plot_roc(report: dict, path: Path) -> Path:
     """The membership attacks' ROCs on log-log axes: the federation's for each attack and,
     for the loss attack, each institution's."""
+    curves = [(f"{k} (federation)", v) for k, v in _federation_rocs(report).items()]
+    if "loss" in report:
+        curves += [(f"loss: {k}", v) for k, v in report["loss"]["institutions"].items()]
+    return _plot_rocs(curves, path, "membership inference")
+
+
+def plot_dp_bound(report: dict, path: Path) -> Path | None:
+    """The attacks' federation ROCs beside the bound the run's (epsilon, delta) implies."""
+    a = report.get("dp_audit")
+    if not a:
+        return None
+    curves = [(f"{k} (federation)", v) for k, v in _federation_rocs(report).items()]
+    return _plot_rocs(curves, path, "attacks against the DP guarantee",
+                      bound=(a["epsilon"], a["delta"]))
+
+
+def _plot_rocs(curves: list[tuple[str, dict]], path: Path, title: str,
+               bound: tuple[float, float] | None = None) -> Path:
+    """ROCs on log-log axes with the chance line and, with ``bound`` (epsilon, delta),
+    the highest TPR that (epsilon, delta)-DP allows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from fedsilo.privacy.audit import bound_curve
+
     fig, ax = plt.subplots(figsize=(5, 5))
-    curves = [(f"{k} (federation)", v) for k, v in _federation_rocs(report).items()]
-    if "loss" in report:
-        curves += [(f"loss: {k}", v) for k, v in report["loss"]["institutions"].items()]
+    grid = np.logspace(-4, 0, 200)
+    if bound is not None:
+        eps, delta = bound
+        ax.plot(grid, bound_curve(eps, delta, grid), "r-", lw=1.5,
+                label=f"({eps:.2f}, {delta:.0e})-DP bound")
     for name, v in curves:
         fpr, tpr = np.asarray(v["roc"]["fpr"]), np.asarray(v["roc"]["tpr"])
         keep = (fpr > 0) & (tpr > 0)
-        ax.plot(fpr[keep], tpr[keep], lw=2 if "federation" in name else 0.8,
-                alpha=1 if "federation" in name else 0.6,
+        whole = "federation" in name
+        ax.plot(fpr[keep], tpr[keep], lw=2 if whole else 0.8, alpha=1 if whole else 0.6,
                 label=f"{name} (AUC {v['auc']:.2f})")
-    grid = np.logspace(-4, 0, 50)
     ax.plot(grid, grid, "k--", lw=0.8, label="chance")
     ax.set(xscale="log", yscale="log", xlabel="false-positive rate",
-           ylabel="true-positive rate", xlim=(1e-4, 1), ylim=(1e-4, 1),
-           title="membership inference")
+           ylabel="true-positive rate", xlim=(1e-4, 1), ylim=(1e-4, 1), title=title)
     ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def plot_dp_bound(report: dict, path: Path) -> Path | None:
-    """The attacks' federation ROCs beside the bound the run's (epsilon, delta) implies."""
-    from fedsilo.privacy import audit
-
-    a = report.get("dp_audit")
-    if not a:
-        return None
-    return audit.plot_bound(_federation_rocs(report), a["epsilon"], a["delta"], path,
-                            "attacks against the DP guarantee")

@@ -72,28 +72,3 @@ def bound_curve(epsilon: float, delta: float, fpr: np.ndarray) -> np.ndarray:
     e = math.exp(min(epsilon, 700.0))
     return np.minimum.reduce([np.ones_like(fpr), e * fpr + delta,
                               1 - (1 - delta - fpr) / e])
-
-
-def plot_bound(curves: dict[str, dict], epsilon: float, delta: float, path, title: str):
-    """The attacks' ROCs beside the line (epsilon, delta)-DP allows, on log-log axes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 5))
-    grid = np.logspace(-4, 0, 200)
-    ax.plot(grid, bound_curve(epsilon, delta, grid), "r-", lw=1.5,
-            label=f"({epsilon:.2f}, {delta:.0e})-DP bound")
-    ax.plot(grid, grid, "k--", lw=0.8, label="chance")
-    for name, v in curves.items():
-        fpr, tpr = np.asarray(v["roc"]["fpr"]), np.asarray(v["roc"]["tpr"])
-        keep = (fpr > 0) & (tpr > 0)
-        ax.plot(fpr[keep], tpr[keep], lw=1.2, label=f"{name} (AUC {v['auc']:.2f})")
-    ax.set(xscale="log", yscale="log", xlim=(1e-4, 1), ylim=(1e-4, 1),
-           xlabel="false-positive rate", ylabel="true-positive rate", title=title)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

@@ -188,13 +188,12 @@ def label_table(report: dict) -> str:
 
 
 def read_rows(run_dir: Path) -> list[dict]:
-    import json
-
+    """The run's metrics rows, or one line on what is wrong with them."""
+    from fedsilo import results
     from fedsilo.config import ConfigError
 
-    path = Path(run_dir) / "metrics.jsonl"
     try:
-        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        return results.read_rows(run_dir)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"attack: cannot read the rounds of '{run_dir}' from "
                           f"metrics.jsonl ({exc})") from None

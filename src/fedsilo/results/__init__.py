@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from fedsilo.config import Scenario
+from fedsilo.results.rows import read_rows
 
 INCOMPLETE, FAILED, INTERRUPTED = ".incomplete", ".failed", ".interrupted"
 RESUMABLE = (INCOMPLETE, INTERRUPTED, FAILED)
@@ -295,9 +296,7 @@ class RunLog:
         """A resumed run: the rows up to ``server_round`` (the checkpoint's), rewritten;
         rows of rounds after it were never committed."""
         path = self.run_dir / "metrics.jsonl"
-        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] \
-            if path.is_file() else []
-        self.rows[:] = [r for r in rows if r["round"] <= server_round]
+        self.rows[:] = [r for r in read_rows(self.run_dir) if r["round"] <= server_round]
         fd, tmp = tempfile.mkstemp(dir=self.run_dir, suffix=".tmp")
         with os.fdopen(fd, "w") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in self.rows)

@@ -30,8 +30,9 @@ def load_run(run_dir: Path) -> dict:
     if not (run_dir / "summary.json").is_file():
         raise ConfigError(f"report: '{run_dir}' is not a finished run directory (no "
                           f"summary.json)")
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()
-            if x.strip()]
+    from fedsilo.results import read_rows
+
+    rows = read_rows(run_dir)
     config = (run_dir / "config.toml").read_text() if (run_dir / "config.toml").is_file() \
         else ""
     return {"dir": run_dir, "name": run_dir.name, "rows": rows, "config": config,

@@ -128,11 +128,11 @@ def log_run_to_mlflow(run_dir: Path, flat_config: dict, output_dir: str, uri: st
                       experiment: str, parent: str | None = None) -> str:
     """One finished run directory as an MLflow run (a child of ``parent`` if given) with
     a child per institution; its id."""
-    import json
 
     mlflow = _mlflow(output_dir, uri, experiment)
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()
-            if x.strip()]
+    from fedsilo.results.rows import read_rows
+
+    rows = read_rows(run_dir)
     tags = {"fedsilo.run_dir": str(run_dir)}
     with mlflow.start_run(run_name=run_dir.name, tags=tags, parent_run_id=parent,
                           nested=parent is not None) as run:
