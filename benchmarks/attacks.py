@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from fedsilo.privacy.audit import epsilon_lower_bound  # noqa: E402
+from fedsilo.attacks.audit import epsilon_lower_bound  # noqa: E402
 from fedsilo.results import format_table  # noqa: E402
 
 OVERFIT = ["scenario.rounds=3", "train.local_epochs=30", "model.head_hidden=256",

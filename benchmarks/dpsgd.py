@@ -27,9 +27,9 @@ from fedsilo import config  # noqa: E402
 from fedsilo.config import PrivacySection  # noqa: E402
 from fedsilo.models import backbone as bb  # noqa: E402
 from fedsilo.models.scoped import ScopedModel  # noqa: E402
+from fedsilo.node.silo import features, runtime_for  # noqa: E402
 from fedsilo.privacy import dpsgd  # noqa: E402
 from fedsilo.results import format_table  # noqa: E402
-from fedsilo.silo import features, runtime_for  # noqa: E402
 
 SCOPES = {"head": {"scope": "head"}, "top-k": {"scope": "top-k", "top_k": 2},
           "lora": {"scope": "lora"}}

@@ -1,6 +1,6 @@
 """The ClientApp: one institution's node, as a thin Flower adapter.
 
-Each handler reads the message, hands it to the institution's round (fedsilo.training.round)
+Each handler reads the message, hands it to the institution's round (fedsilo.node.round)
 and writes the reply. Only the shared arrays and declared metrics leave the node (the mods
 in clients/boundary.py and clients/secagg.py see every reply last): no texts, token ids,
 features or labels.
@@ -18,11 +18,13 @@ from flwr.clientapp import ClientApp
 from clients.boundary import boundary_guard
 from clients.secagg import secure_aggregation
 from clients.state import personal_model, recall, remember
-from fedsilo import config, protocol
+from fedsilo import protocol
 from fedsilo.arrays import from_record, to_record
-from fedsilo.silo import Silo, ray_node, silo_for
-from fedsilo.training import memory
-from fedsilo.training.round import Instruction, run_evaluation, run_training
+from fedsilo.facts import cache_dir
+from fedsilo.facts import read as read_facts
+from fedsilo.node import memory
+from fedsilo.node.round import Instruction, run_evaluation, run_training
+from fedsilo.node.silo import Silo, ray_node, silo_for
 
 # boundary_guard sees exactly what leaves the node: with secure aggregation, masked vectors
 app = ClientApp(mods=[boundary_guard, secure_aggregation])
@@ -65,7 +67,10 @@ def _personal(silo: Silo, context: Context, kept, server_round: int):
 
 
 def _silo(context: Context) -> Silo:
-    return silo_for(config.from_flat(dict(context.run_config)), dict(context.node_config))
+    """This node's institution for the message's run (the scenario is read once per
+    process and run config: fedsilo.facts.read)."""
+    s, facts = read_facts(dict(context.run_config))
+    return silo_for(s, dict(context.node_config), cache_dir(s, facts))
 
 
 @app.query()

@@ -7,8 +7,10 @@ from pathlib import Path
 from flwr.app import Context, Message
 
 from fedsilo import config, protocol
+from fedsilo.facts import RunFacts, cache_dir
+from fedsilo.facts import read as read_facts
+from fedsilo.node.silo import resolve_institution
 from fedsilo.privacy.boundary import append_audit, check_reply, describe_reply
-from fedsilo.silo import resolve_institution
 
 
 def boundary_guard(msg: Message, context: Context, call_next) -> Message:
@@ -18,23 +20,23 @@ def boundary_guard(msg: Message, context: Context, call_next) -> Message:
     if reply.has_error():
         return reply
     problems = check_reply(msg, reply)
-    scenario = config.from_flat(dict(context.run_config))
+    scenario, facts = read_facts(dict(context.run_config))
     if scenario.output.audit:
         node = dict(context.node_config)
         _, inst = resolve_institution(scenario, node)
         entry = describe_reply(msg, reply) | {"round": _round_of(msg), "refused": problems}
-        append_audit(audit_dir(scenario, node) / f"{inst.name}.jsonl", entry)
+        append_audit(audit_dir(scenario, facts, node) / f"{inst.name}.jsonl", entry)
     if problems:
         raise RuntimeError(f"reply refused at the privacy boundary: {'; '.join(problems)}")
     return reply
 
 
-def audit_dir(scenario: config.Scenario, node_config: dict) -> Path:
+def audit_dir(scenario: config.Scenario, facts: RunFacts, node_config: dict) -> Path:
     """Where a node records what it sent: the run directory in a simulation on one
     machine, the node's own cache directory when deployed."""
-    if "data-path" in node_config or not scenario.output.run_dir:
-        return Path(str(node_config.get("cache-dir", scenario.simulation.cache_dir))) / "audit"
-    return Path(scenario.output.run_dir) / "audit"
+    if "data-path" in node_config or not facts.dir:
+        return Path(str(node_config.get("cache-dir", cache_dir(scenario, facts)))) / "audit"
+    return Path(facts.dir) / "audit"
 
 
 def _round_of(msg: Message) -> int:

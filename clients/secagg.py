@@ -14,7 +14,8 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 
-from fedsilo import config, protocol
+from fedsilo import protocol
+from fedsilo.facts import read as read_facts
 from fedsilo.flower_compat import RECORD_KEY_CONFIGS, fitres_to_recorddict
 
 
@@ -23,7 +24,7 @@ def secure_aggregation(msg: Message, context: Context, call_next) -> Message:
     if msg.metadata.message_type != MessageType.TRAIN or \
             RECORD_KEY_CONFIGS not in msg.content.config_records:
         return call_next(msg, context)
-    uniform = config.from_flat(dict(context.run_config)).privacy.central.mode != "off"
+    uniform = read_facts(dict(context.run_config))[0].privacy.central.mode != "off"
     kept: dict = {}
 
     def update_as_fitres(m: Message, ctx: Context) -> Message:

@@ -1,5 +1,5 @@
 """An institution's memory in its Flower node state, with its copy on the node's disk
-(fedsilo.training.memory) for a resumed run."""
+(fedsilo.node.memory) for a resumed run."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from flwr.app import ConfigRecord, RecordDict
 
 from fedsilo import protocol
 from fedsilo.arrays import from_record, to_record
-from fedsilo.silo import Silo
-from fedsilo.training import memory
-from fedsilo.training.memory import Memory
+from fedsilo.node import memory
+from fedsilo.node.memory import Memory
+from fedsilo.node.silo import Silo
 
 
 def recall(state: RecordDict, kept: Path, server_round: int, silo: Silo) -> Memory:

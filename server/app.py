@@ -13,10 +13,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedsilo import config, results
+from fedsilo import config
 from fedsilo.arrays import to_record
 from fedsilo.data import shared_labels
-from fedsilo.deploy import stream
+from fedsilo.facts import RunFacts, cache_dir, expected_institutions
+from fedsilo.facts import read as read_facts
 from fedsilo.flower_compat import faster_object_pulls
 from fedsilo.interrupt import Interrupted
 from fedsilo.models import Head
@@ -24,6 +25,10 @@ from fedsilo.models import backbone as bb
 from fedsilo.models.scoped import ScopedModel
 from fedsilo.privacy import check_scenario
 from fedsilo.protocol import FINAL, PRIVATE_PREFIX, RUN_KEY
+from fedsilo.results import stream
+from fedsilo.results.checkpoint import read_checkpoint
+from fedsilo.results.rundir import FAILED, INCOMPLETE, RunDirectory, new_run_dir
+from fedsilo.results.summary import final_table, privacy_table
 from server import fused
 from server.handshake import handshake
 from server.record import RunRecorder, TargetReached, _say, restore_random_states
@@ -36,38 +41,36 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    s = config.from_flat(dict(context.run_config))
+    s, facts = read_facts(dict(context.run_config))
     check_scenario(s)
-    if s.output.run_dir:  # `fedsilo run` made it, and finalises it after checking the outcome
+    if facts.dir:  # `fedsilo run` made it, and finalises it after checking the outcome
         try:
-            run(grid, s, Path(s.output.run_dir))
+            run(grid, s, facts, Path(facts.dir))
         except Interrupted:
             return  # stopped by a signal: `fedsilo run` reports it and cleans up
         return
     # `flwr run`: this app owns the directory and finalises it
-    with results.RunDirectory(results.new_run_dir(s).resolve()) as rd:
-        run(grid, s, rd.path)
+    with RunDirectory(new_run_dir(s).resolve()) as rd:
+        run(grid, s, facts, rd.path)
     _say(f"results: {rd.final}")
 
 
-def run(grid: Grid, s: config.Scenario, run_dir: Path) -> None:
-    """All rounds of scenario ``s`` (or, with ``output.resume``, the rounds after the
-    run's last checkpoint), recorded in ``run_dir``."""
+def run(grid: Grid, s: config.Scenario, facts: RunFacts, run_dir: Path) -> None:
+    """All rounds of scenario ``s`` (or, with ``facts.resume``, the rounds after the run's
+    last checkpoint), recorded in ``run_dir``."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    resumed = results.read_checkpoint(run_dir) if s.output.resume else None
+    resumed = read_checkpoint(run_dir) if facts.resume else None
     random.seed(s.scenario.seed)  # Flower samples institutions with the global `random`
-    # the scenario as a user re-runs it: without this run's directory
-    resolved = config.to_toml(s.replace(**{"output.run_dir": "", "output.stream": False,
-                                           "output.resume": False}))
+    resolved = config.to_toml(s)  # the scenario as a user re-runs it
     if resumed is None:
         (run_dir / "config.toml").write_text(resolved)
-    if s.output.stream:
+    if facts.stream:
         stream.emit("config", resolved)
 
     t0 = time.time()
     faster_object_pulls()  # replies are pulled as soon as their content is there
-    labels = list(shared_labels(s))
-    roster = handshake(FastGrid(grid), s)
+    labels = list(shared_labels(s, facts.label_names()))
+    roster = handshake(FastGrid(grid), s, *expected_institutions(s, facts))
     # sample by institution name, never by the (random) node ids
     grid = FastGrid(grid, order={n: i["institution"] for n, i in roster.items()})
     t_handshake = time.time()
@@ -80,7 +83,7 @@ def run(grid: Grid, s: config.Scenario, run_dir: Path) -> None:
                               max_weight=max(int(i["num-train"]) for i in roster.values()))
     np.random.seed(s.scenario.seed)  # Flower's DP wrappers draw their noise from numpy
     if resumed is None:
-        arrays, first = initial_arrays(s, len(labels)), 1
+        arrays, first = initial_arrays(s, len(labels), cache_dir(s, facts)), 1
     else:
         state, shared, strategy_arrays = resumed
         arrays, first = to_record(shared), int(state["round"]) + 1
@@ -90,7 +93,7 @@ def run(grid: Grid, s: config.Scenario, run_dir: Path) -> None:
     startup = {"server_started_at": t0, "handshake_s": t_handshake - t0,
                "initial_arrays_s": time.time() - t_handshake}
     recorder = RunRecorder(s, run_dir, ledger, labels, strategy, startup,
-                           resumed_from=first - 1)
+                           resumed_from=first - 1, stream=facts.stream)
     try:
         final = run_rounds(grid, strategy, recorder, arrays, s, first, run_dir.name)
     except TargetReached:
@@ -102,8 +105,8 @@ def run(grid: Grid, s: config.Scenario, run_dir: Path) -> None:
         recorder.stopped_early = True
         final = recorder.last_arrays
     summary = recorder.finish(final)
-    _say("\n" + results.final_table(summary))
-    privacy = results.privacy_table(summary)
+    _say("\n" + final_table(summary))
+    privacy = privacy_table(summary)
     if privacy:
         _say("\nprivacy:\n" + privacy)
 
@@ -117,7 +120,7 @@ def run_rounds(grid: Grid, strategy: Tracked, recorder: RunRecorder, arrays: Arr
     round r-1's global arrays, so round r-1 is recorded once round r's replies are in; the
     last round gets an evaluation of its own."""
     timeout = s.strategy.round_timeout_s
-    key = run_key.removesuffix(results.INCOMPLETE).removesuffix(results.FAILED)
+    key = run_key.removesuffix(INCOMPLETE).removesuffix(FAILED)
     pending = None  # with evaluation riding on training: the round awaiting its evaluation
 
     def evaluate_alone(server_round: int, last: bool = False) -> None:
@@ -167,10 +170,11 @@ def evaluate_round(grid: Grid, strategy: Tracked, recorder: RunRecorder,
     recorder.on_round_end(server_round, arrays)
 
 
-def initial_arrays(s: config.Scenario, num_labels: int) -> ArrayRecord:
+def initial_arrays(s: config.Scenario, num_labels: int, cache: str | None = None
+                   ) -> ArrayRecord:
     """The shared part at round 0: pretrained weights where they train, a seeded head (and
-    seeded LoRA adapters)."""
-    ref = bb.resolve(s.model.backbone, str(Path(s.simulation.cache_dir).resolve()))
+    seeded LoRA adapters); a built backbone ('tiny') is kept under ``cache``."""
+    ref = bb.resolve(s.model.backbone, str(Path(cache or s.simulation.cache_dir).resolve()))
     if s.model.scope == "head":  # the backbone stays frozen: its weights are not needed
         with torch.random.fork_rng():
             torch.manual_seed(s.scenario.seed)  # as ScopedModel seeds its head

@@ -21,21 +21,15 @@ from server.transport import exchange
 from strategies import ClientFailure, short_reason
 
 
-def expected_institutions(s: config.Scenario) -> tuple[list[str], int]:
-    """(the names the server waits for, or [] when only their number is known; how many)."""
-    names = s.federation.names()
-    count = config.known_institutions(s)
+def handshake(grid: Grid, s: config.Scenario, names: list[str], count: int | None,
+              poll_s: float = 0.5) -> dict[int, dict]:
+    """Node id -> its institution's description, ordered by institution name, for the
+    institutions ``names`` (or, when only their number is known, ``count`` of them); a
+    ClientFailure naming what is missing or wrong when the federation is incomplete."""
     if count is None:
         raise ConfigError("config: 'federation.institutions' must name the institutions to "
                           "wait for: with a natural split of a file the server cannot know "
-                          "them (`fedsilo run` fills them in)")
-    return names, count
-
-
-def handshake(grid: Grid, s: config.Scenario, poll_s: float = 0.5) -> dict[int, dict]:
-    """Node id -> its institution's description, ordered by institution name; a
-    ClientFailure naming what is missing or wrong when the federation is incomplete."""
-    names, count = expected_institutions(s)
+                          "them (`fedsilo run` finds them in the data)")
     deadline = time.monotonic() + s.federation.wait_s
     roster: dict[int, dict] = {}
     asked: set[int] = set()

@@ -11,28 +11,21 @@ from pathlib import Path
 import numpy as np
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
-from fedsilo import results
 from fedsilo.arrays import from_record
 from fedsilo.config import Scenario
-from fedsilo.deploy import stream
+from fedsilo.files import save_arrays
+from fedsilo.flower_compat import dp_wrapper_settings
 from fedsilo.metrics import confusion_from_flat, scores_from_confusion
 from fedsilo.protocol import RAY_NODE
+from fedsilo.results import rows, stream
+from fedsilo.results.checkpoint import commit_checkpoint, stage_checkpoint
+from fedsilo.results.runlog import RunLog
+from fedsilo.results.summary import summarise
 from strategies import RoundLedger, Tracked, aggregate_evaluate_metrics
 
 
 def _say(text: str) -> None:
     print(text, flush=True, file=sys.stdout)
-
-
-def privacy_of(train_metrics: dict) -> dict:
-    """An institution's DP-SGD accounting, as its training reply reported it."""
-    from fedsilo.privacy.dpsgd import ACCOUNTANT, MECHANISM
-
-    t = train_metrics
-    return {"mechanism": MECHANISM, "accountant": ACCOUNTANT, "epsilon": t["dp-epsilon"],
-            "delta": t["dp-delta"], "noise_multiplier": t["dp-noise-multiplier"],
-            "max_grad_norm": t["dp-max-grad-norm"], "sampling_rate": t["dp-sampling-rate"],
-            "steps": int(t["dp-steps"]), "stopped_by_budget": bool(t["dp-stopped"])}
 
 
 def _node(value) -> str | None:
@@ -63,16 +56,18 @@ class RunRecorder:
     summary, the final head and the plot."""
 
     def __init__(self, s: Scenario, run_dir: Path, ledger: RoundLedger, labels: list[str],
-                 strategy: Tracked, startup: dict | None = None, resumed_from: int = 0):
+                 strategy: Tracked, startup: dict | None = None, resumed_from: int = 0,
+                 stream: bool = False):
         self.s, self.run_dir, self.ledger, self.labels = s, run_dir, ledger, labels
         self.strategy = strategy  # its state goes into every checkpoint
+        self.stream = stream  # print the records for `fedsilo submit` (fedsilo.facts)
         self.startup = dict(startup or {})
         self.t_start = time.perf_counter()
         self.t_round = self.t_start
         self.started_at = time.time()
         self.first_round_started: float | None = None
         self.first_round_started_at: float | None = None
-        self.log = results.RunLog(run_dir, fresh=not resumed_from,
+        self.log = RunLog(run_dir, fresh=not resumed_from,
                                   tensorboard=s.output.tensorboard)
         self.rows = self.log.rows
         self.resumed_from = resumed_from
@@ -96,15 +91,15 @@ class RunRecorder:
         metrics row, then the checkpoint's commit (so the committed checkpoint's round
         always has its row), and the progress line."""
         t0 = time.perf_counter()
-        staged = results.stage_checkpoint(self.run_dir, server_round, from_record(arrays),
+        staged = stage_checkpoint(self.run_dir, server_round, from_record(arrays),
                                           self.strategy.state())
         now = time.perf_counter()
         row = self._row(server_round, now - self.t_round)
         row["timing"]["checkpoint_s"] = now - t0
         self.t_round = now
         self.log.append(row)
-        results.commit_checkpoint(self.run_dir, server_round, staged, self._state())
-        if self.s.output.stream:
+        commit_checkpoint(self.run_dir, server_round, staged, self._state())
+        if self.stream:
             stream.emit("row", row)
         self._progress(row)
         self.last_arrays = arrays
@@ -115,7 +110,11 @@ class RunRecorder:
             _say(f"target accuracy {target} reached in round {server_round}: stopping")
             raise TargetReached()
 
-    def _row(self, server_round: int, wall: float) -> dict:
+    def _row(self, server_round: int, wall: float) -> rows.RoundRow:
+        """The round's metrics row from what the ledger holds (fedsilo.results.rows maps
+        the wire's names to the row's)."""
+        from fedsilo.privacy.dpsgd import ACCOUNTANT, MECHANISM
+
         train = self.ledger.train.get(server_round, {})
         evals = self.ledger.evaluate.get(server_round, {})
         kinds = {i["institution"]: i["kind"] for i in self.ledger.roster.values()}
@@ -123,24 +122,10 @@ class RunRecorder:
         insts = {}
         for name in sorted(set(train) | set(evals), key=list(kinds).index):
             e, t = evals.get(name, {}), train.get(name, {})
-            insts[name] = {
-                "kind": kinds[name],
-                "accuracy": e.get("accuracy"), "macro_f1": e.get("macro-f1"),
-                "loss": e.get("loss"), "test_examples": e.get("num-examples"),
-                "train_loss": t.get("train-loss"), "train_examples": t.get("num-examples"),
-                "train_time_s": t.get("train-time-s"),
-                "ray_node": _node(t.get(RAY_NODE, e.get(RAY_NODE))),
-                "malicious": self.s.faults.behaviour if name in attackers else None,
-            }
-            if "dp-epsilon" in t:
-                insts[name]["privacy"] = privacy_of(t)
-            if "personal-accuracy" in e:  # its own model (personalize.method)
-                insts[name]["personal"] = {"accuracy": e["personal-accuracy"],
-                                           "macro_f1": e["personal-macro-f1"],
-                                           "loss": e["personal-loss"]}
-            if "best-epoch" in t:  # early stopping on the institution's validation rows
-                insts[name]["early_stopping"] = {"best_epoch": int(t["best-epoch"]),
-                                                 "validation_loss": t["validation-loss"]}
+            insts[name] = rows.institution_row(
+                kinds[name], t, e, _node(t.get(RAY_NODE, e.get(RAY_NODE))),
+                self.s.faults.behaviour if name in attackers else None,
+                dp_names=(MECHANISM, ACCOUNTANT))
         if evals:
             g = aggregate_evaluate_metrics(
                 [RecordDict({"m": MetricRecord(v)}) for v in evals.values()], "num-examples")
@@ -150,40 +135,27 @@ class RunRecorder:
         n_train = sum(t["num-examples"] for t in train.values())
         train_loss = (sum(t["train-loss"] * t["num-examples"] for t in train.values())
                       / n_train) if n_train else None
-        extra = {}
+        personal = None
         own = [e for e in evals.values() if "personal-confusion" in e]
         if own:  # every institution's own model on its own test split, confusions summed
             acc, f1 = scores_from_confusion(sum(
                 confusion_from_flat(list(e["personal-confusion"]),
                                     int(round(len(e["personal-confusion"]) ** 0.5)))
                 for e in own))
-            extra["personal"] = {"accuracy": acc, "macro_f1": f1, "institutions": len(own)}
-        if server_round in self.ledger.secagg:
-            extra["secagg"] = self.ledger.secagg[server_round]
-        if server_round in self.ledger.central_dp:
-            extra["central_dp"] = self.ledger.central_dp[server_round]
-        if server_round in self.ledger.selected:
-            extra["selected"] = self.ledger.selected[server_round]
-        if server_round in self.ledger.dropped:
-            extra["dropped"] = self.ledger.dropped[server_round]
-        if server_round in self.ledger.server_view:
-            extra["server_view"] = self.ledger.server_view[server_round]
+            personal = {"accuracy": acc, "macro_f1": f1, "institutions": len(own)}
         timing = dict(self.ledger.timing.get(server_round, {}))
         timing["client_train_s"] = sum(t.get("train-time-s", 0.0) for t in train.values())
         timing["client_eval_s"] = sum(e.get("eval-time-s", 0.0) for e in evals.values())
-        return {
-            "round": server_round,
-            "global": {"accuracy": g["accuracy"], "macro_f1": g["macro-f1"],
-                       "loss": g["loss"], "test_examples": g["num-examples"],
-                       "train_loss": train_loss},
-            "institutions": insts,
-            "bytes_up": self.ledger.bytes_up.get(server_round, 0),
-            "bytes_down": self.ledger.bytes_down.get(server_round, 0),
-            "wall_time_s": wall,
-            "elapsed_s": time.perf_counter() - self.t_start,
-            "timing": timing,
-            **extra,
-        }
+        book = self.ledger
+        return rows.round_row(
+            server_round, rows.global_row(g, train_loss), insts,
+            bytes_up=book.bytes_up.get(server_round, 0),
+            bytes_down=book.bytes_down.get(server_round, 0), wall_time_s=wall,
+            elapsed_s=time.perf_counter() - self.t_start, timing=timing,
+            personal=personal, secagg=book.secagg.get(server_round),
+            central_dp=book.central_dp.get(server_round),
+            selected=book.selected.get(server_round), dropped=book.dropped.get(server_round),
+            server_view=book.server_view.get(server_round))
 
     def _state(self) -> dict:
         """What the checkpoint keeps besides arrays: the scenario's identity, the random
@@ -243,7 +215,7 @@ class RunRecorder:
                 clip_norm=used[-1]["clipping_norm"] if used else p.central.clip_norm,
                 update_noise_multiplier=used[-1]["update_noise_multiplier"] if used
                 else p.central.noise_multiplier,
-                clipped_count_std=getattr(self.strategy.inner, "clipped_count_stddev", None))
+                clipped_count_std=dp_wrapper_settings(self.strategy).get("clipped_count_std"))
         if p.secagg.enabled:
             rounds = [r["secagg"] for r in self.rows if "secagg" in r]
             out["secure_aggregation"] = {
@@ -267,9 +239,9 @@ class RunRecorder:
     def finish(self, arrays: ArrayRecord) -> dict:
         wall = time.perf_counter() - self.t_start
         final = from_record(arrays)
-        results.save_arrays(self.run_dir / "head.npz", final)
+        save_arrays(self.run_dir / "head.npz", final)
         before = (self.first_round_started or self.t_start) - self.t_start
-        summary = results.summarise(
+        summary = summarise(
             self.rows,
             stopped_early=self.stopped_early,
             scenario=self.s.scenario.name,
@@ -291,7 +263,7 @@ class RunRecorder:
             resumed_from_round=self.resumed_from or None,
             **self._selection(),
             privacy=self._privacy())
-        if self.s.output.stream:
+        if self.stream:
             stream.emit("summary", summary)
             stream.emit_arrays(final)
         return self.log.finish(summary, plot=self.s.output.plot)

@@ -75,6 +75,15 @@ class CentralDP:
     report: dict[int, dict]
     _current: ArrayRecord | None = None
 
+    def checkpoint_state(self) -> tuple[dict, dict]:
+        """What a checkpoint keeps: the releases accounted so far (the clipping norm is
+        the wrapper's own state, fedsilo.flower_compat.strategy_state)."""
+        return {}, {"central_dp_rounds": self.account.rounds}
+
+    def restore_checkpoint_state(self, groups: dict, scalars: dict) -> None:
+        if "central_dp_rounds" in scalars:
+            self.account.rounds = int(scalars["central_dp_rounds"])
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid):
         if self.account.would_exceed():

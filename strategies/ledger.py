@@ -40,6 +40,11 @@ def _after_stage(problem: str) -> str:
 _FLOWER_REASON = re.compile(r"<class '([\w.]+)'>:<'(.*?)'?>?$")
 
 
+def reply_metrics(msg: Message) -> dict:
+    """A reply's (first) metric record."""
+    return next(iter(msg.content.metric_records.values()))
+
+
 class ClientFailure(RuntimeError):
     """One or more institutions failed in a round; the message names them and why."""
 
@@ -123,7 +128,7 @@ class RoundLedger:
         for msg in replies:
             if msg.has_error():
                 continue
-            metrics = dict(next(iter(msg.content.metric_records.values())))
+            metrics = dict(reply_metrics(msg))
             rows[self.name_of(msg.metadata.src_node_id)] = metrics
             if stage == "training":
                 up = sum(nbytes(a) for a in msg.content.array_records.values())

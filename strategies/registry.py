@@ -4,6 +4,11 @@
 Flower's Message-API strategies or our SCAFFOLD; with ``privacy.secagg.enabled`` the
 training replies are summed under SecAgg+, and with ``privacy.central.mode`` the mean is
 made institution-level DP by one of Flower's DP wrappers (strategies/central_dp.py).
+From the outside in:
+
+    Tracked -> [ServerView] -> [RecordsSelection] -> KeepsDtypes -> [CentralDP*] -> strategy
+
+(the server's view sees each reply as it arrived, before the server's own clipping).
 """
 
 from __future__ import annotations
@@ -15,10 +20,13 @@ from fedsilo.privacy.central import CentralAccount
 from fedsilo.protocol import NUM_EXAMPLES
 from strategies.central_dp import CentralDPAdaptive, CentralDPFixed, UniformFedAvg, UniformFedProx
 from strategies.evaluation import aggregate_evaluate_metrics
+from strategies.krum import RecordsSelection
 from strategies.ledger import RoundLedger
 from strategies.scaffold import Scaffold
 from strategies.secagg import SecAggFedAvg, SecAggFedProx
 from strategies.tracked import Tracked
+from strategies.view import ServerView
+from strategies.wrapper import KeepsDtypes
 
 STRATEGIES: dict[str, type] = {
     "fedavg": fl.FedAvg, "fedprox": fl.FedProx, "fedavgm": fl.FedAvgM,
@@ -69,13 +77,18 @@ def build_strategy(s: Scenario, ledger: RoundLedger, num_nodes: int,
         inner = UNIFORM[st.name](**args)
     else:
         inner = STRATEGIES[st.name](**args)
-    skip = st.min_replies if st.on_failure == "skip" else None
-    if not dp:  # secure aggregation alone tolerates dropouts as far as its threshold allows
-        return Tracked(inner, ledger, tolerates_dropouts=sa.enabled, skip_below=skip,
-                       seed=s.scenario.seed, keep_view=s.attack.server_view)
-    sampled = sampled_per_round(s, num_nodes)
-    account = CentralAccount(central, sampled, num_nodes)
-    wrapper = CentralDPFixed if central.mode.endswith("fixed") else CentralDPAdaptive
-    private = wrapper(inner, central, sampled, account, ledger.central_dp)
-    return Tracked(private, ledger, account=account, seed=s.scenario.seed,
-                   keep_view=s.attack.server_view)
+    account = None
+    if dp:
+        sampled = sampled_per_round(s, num_nodes)
+        account = CentralAccount(central, sampled, num_nodes)
+        wrapper = CentralDPFixed if central.mode.endswith("fixed") else CentralDPAdaptive
+        inner = wrapper(inner, central, sampled, account, ledger.central_dp)
+    inner = KeepsDtypes(inner)
+    if st.name in ("krum", "multikrum"):
+        inner = RecordsSelection(inner, ledger)
+    if s.attack.server_view:
+        inner = ServerView(inner, ledger)
+    skip = st.min_replies if st.on_failure == "skip" and not dp else None
+    # secure aggregation alone tolerates dropouts as far as its threshold allows
+    return Tracked(inner, ledger, tolerates_dropouts=sa.enabled and not dp, skip_below=skip,
+                   account=account, seed=s.scenario.seed)

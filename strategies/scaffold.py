@@ -33,6 +33,15 @@ class Scaffold(FedAvg):
         self.current: Arrays | None = None
         self.num_total = 0
 
+    def checkpoint_state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """What a checkpoint keeps: the server's control variate c."""
+        return {f"control/{k}": np.asarray(v) for k, v in (self.control or {}).items()}, {}
+
+    def restore_checkpoint_state(self, groups: dict[str, dict[str, np.ndarray]],
+                                 scalars: dict) -> None:
+        if "control" in groups:
+            self.control = groups["control"]
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self.current = from_record(arrays)

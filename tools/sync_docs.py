@@ -1,6 +1,7 @@
 """Regenerate what is derived from fedsilo.config: docs/configuration.md (every key, its
-default and meaning) and the [tool.flwr.app.config] table of pyproject.toml. Run with
-`make docs`; tests check both."""
+default and meaning) and the [tool.flwr.app.config] table of pyproject.toml (every key of
+the scenario, and the ``run.*`` facts a launcher passes beside it: fedsilo.facts). Run
+with `make docs`; tests check both."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import tomli_w
 
 from fedsilo import config
+from fedsilo.facts import RunFacts
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = """# Configuration reference
@@ -36,7 +38,8 @@ def main() -> None:
     text = pyproject.read_text()
     marker = "[tool.flwr.app.config.scenario]"
     flwr = tomli_w.dumps({"tool": {"flwr": {"app": {
-        "config": dataclasses.asdict(config.Scenario())}}}})
+        "config": {**dataclasses.asdict(config.Scenario()),
+                   "run": dataclasses.asdict(RunFacts())}}}}})
     pyproject.write_text(text[:text.index(marker)] + flwr[flwr.index(marker):])
 
 

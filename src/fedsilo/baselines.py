@@ -18,11 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedsilo import results
 from fedsilo.config import Scenario
 from fedsilo.data import build_federation
 from fedsilo.metrics import scores_from_confusion
-from fedsilo.silo import features, runtime_for
+from fedsilo.node.silo import features, runtime_for
+from fedsilo.results.rows import BaselineRow
+from fedsilo.results.rundir import RunDirectory, new_run_dir
+from fedsilo.results.runlog import RunLog
+from fedsilo.results.summary import summarise
 from fedsilo.training import evaluate, holdout, local_train, round_seed
 from fedsilo.training.features import CachedFeatures, FeatureSource, LiveFeatures
 
@@ -61,12 +64,12 @@ def run_baseline(s: Scenario, mode: str) -> Path:
     t0 = time.time()
     fed = build_federation(s)
     rt = runtime_for(s)
-    run_dir = results.new_run_dir(s.replace(**{"scenario.name": f"{s.scenario.name}-{mode}"}))
-    with results.RunDirectory(run_dir) as rd:
+    run_dir = new_run_dir(s.replace(**{"scenario.name": f"{s.scenario.name}-{mode}"}))
+    with RunDirectory(run_dir) as rd:
         from fedsilo.config import to_toml
 
         (run_dir / "config.toml").write_text(to_toml(s))
-        log = results.RunLog(run_dir, tensorboard=s.output.tensorboard)
+        log = RunLog(run_dir, tensorboard=s.output.tensorboard)
         num_labels = len(fed.labels)
         model = rt.model(s.model, num_labels, seed=s.scenario.seed)
         start = model.get_arrays()
@@ -115,7 +118,7 @@ def run_baseline(s: Scenario, mode: str) -> Path:
             g = row["global"]
             print(f"{mode} round {r:>3}/{s.scenario.rounds}  acc {g['accuracy']:.3f}  "
                   f"macro-F1 {g['macro_f1']:.3f}", flush=True)
-        log.finish(results.summarise(
+        log.finish(summarise(
             log.rows, mode=mode, scenario=s.scenario.name, wall_time_s=time.time() - t0,
             labels=list(fed.labels),
             model={"backbone": s.model.backbone, "scope": s.model.scope}), plot=s.output.plot)
@@ -125,7 +128,8 @@ def run_baseline(s: Scenario, mode: str) -> Path:
     return rd.final
 
 
-def _row(r, mode, owners, weights, scores, union, losses) -> dict:
+def _row(r, mode, owners, weights, scores, union, losses) -> BaselineRow:
+    """A baseline's round row (fedsilo.results.rows.BaselineRow)."""
     if mode == "centralized":
         per = scores(weights["pooled"])
         g = union(per)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from fedsilo import config
 from fedsilo.config import ConfigError
+from fedsilo.console import shown
 
 
 def _scenario_args(p: argparse.ArgumentParser) -> None:
@@ -120,7 +121,7 @@ def _finished(start) -> int:
         return 1
     except Interrupted as exc:
         where = getattr(exc, "run_dir", None)
-        hint = f"; continue it with: fedsilo resume {_rel(where)}" if where else ""
+        hint = f"; continue it with: fedsilo resume {shown(where)}" if where else ""
         print(f"fedsilo: {exc}{hint}", file=sys.stderr)
         leave_promptly(exc.exit_code)
         return exc.exit_code
@@ -131,7 +132,7 @@ def _finished(start) -> int:
           f"wall time {sm['command_wall_time_s']:.1f}s, of which "
           f"{sm.get('startup_s', 0):.1f}s before round 1; bytes up {sm['bytes']['up']:,}, "
           f"down {sm['bytes']['down']:,}")
-    print(f"results: {_rel(outcome.run_dir)}/ (summary.json, metrics.jsonl, accuracy.png, "
+    print(f"results: {shown(outcome.run_dir)}/ (summary.json, metrics.jsonl, accuracy.png, "
           f"head.npz, checkpoint/)")
     return 0
 
@@ -140,13 +141,13 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     import json
 
     from fedsilo.baselines import run_baseline
-    from fedsilo.results import final_table
+    from fedsilo.results.summary import final_table
 
     s = config.load(args.config, args.overrides)
     run_dir = run_baseline(s, args.mode)
     summary = json.loads((run_dir / "summary.json").read_text())
     print("\n" + final_table(summary))
-    print(f"results: {_rel(run_dir)}/")
+    print(f"results: {shown(run_dir)}/")
     return 0
 
 
@@ -171,11 +172,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             run_sweep(args.config, args.grid, args.overrides, verbose=args.verbose)
     except Interrupted as exc:
         where = getattr(exc, "run_dir", None)
-        hint = f"; continue it with: fedsilo sweep --resume {_rel(where)}" if where else ""
+        hint = f"; continue it with: fedsilo sweep --resume {shown(where)}" if where else ""
         print(f"fedsilo: {exc}{hint}", file=sys.stderr)
         leave_promptly(exc.exit_code)
         return exc.exit_code
-    print(f"sweep: {_rel(sweep_dir)}/ (sweep.md, sweep.json, sweep.png, one run each)")
+    print(f"sweep: {shown(sweep_dir)}/ (sweep.md, sweep.json, sweep.png, one run each)")
     failed = [r for r in load_rows(sweep_dir) if r.get("error")]
     if failed:
         print(f"fedsilo: {len(failed)} of the sweep's runs failed (see sweep.json)",
@@ -185,16 +186,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from fedsilo.results.report import write_report
+    from fedsilo.report import write_report
 
     out = write_report(args.runs, args.out)
-    print(f"report: {_rel(out)}")
+    print(f"report: {shown(out)}")
     return 0
 
 
 def cmd_privacy(args: argparse.Namespace) -> int:
-    from fedsilo.results import privacy_table
     from fedsilo.results.compare import load_summary
+    from fedsilo.results.summary import privacy_table
 
     summary = load_summary(args.run)
     table = privacy_table(summary)
@@ -204,25 +205,19 @@ def cmd_privacy(args: argparse.Namespace) -> int:
     if attacks.is_file():
         import json
 
-        from fedsilo.privacy.attacks import measured_table
+        from fedsilo.attacks.report import measured_table
 
         print(f"\nwhat the attacks measured (fedsilo attack; details in "
-              f"{_rel(attacks)}):\n{measured_table(json.loads(attacks.read_text()))}")
+              f"{shown(attacks)}):\n{measured_table(json.loads(attacks.read_text()))}")
     else:
-        print(f"\nno attack has been run against it: fedsilo attack {_rel(args.run)} "
+        print(f"\nno attack has been run against it: fedsilo attack {shown(args.run)} "
               f"--attack all")
     return 0
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from fedsilo.privacy.attacks import (
-        ATTACKS,
-        attack_table,
-        plot_dp_bound,
-        plot_roc,
-        possible,
-        run_attacks,
-    )
+    from fedsilo.attacks.report import attack_table, plot_dp_bound, plot_roc
+    from fedsilo.attacks.run import ATTACKS, possible, run_attacks
 
     if args.shadows is not None and args.shadows < 2:
         raise ConfigError(f"attack: --shadows must be at least 2, got {args.shadows}")
@@ -238,13 +233,13 @@ def cmd_attack(args: argparse.Namespace) -> int:
     for a in ATTACKS:
         if a in why:
             print(f"not run: {a} ({why[a]})")
-    print(f"written: {_rel(args.run)}/{', '.join(written)}")
+    print(f"written: {shown(args.run)}/{', '.join(written)}")
     return 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:
     from fedsilo.data import build_federation
-    from fedsilo.results import format_table
+    from fedsilo.results.summary import format_table
     from fedsilo.runner import check_size
 
     s = config.load(args.config, args.overrides)
@@ -273,12 +268,6 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rel(p: Path) -> str:
-    try:
-        return str(p.relative_to(Path.cwd()))
-    except ValueError:
-        return str(p)
-
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
@@ -298,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         print("fedsilo: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:  # a full disk, a read-only file system: one line, bad input
-        from fedsilo.results import os_error
+        from fedsilo.results.rundir import os_error
 
         print(f"fedsilo: {os_error(exc)}", file=sys.stderr)
         return 2

@@ -70,7 +70,7 @@ def _probe(address: str, timeout: float = 5.0) -> None:
 
 
 def _check_room(s: Scenario, nodes: list[dict]) -> None:
-    from fedsilo.silo import resolve_device
+    from fedsilo.node.silo import resolve_device
 
     cpus = s.simulation.cpus_per_client
     gpus = s.simulation.gpus_per_client if resolve_device(s.simulation.device).type == \
@@ -150,7 +150,7 @@ class LocalCluster:
 
     def _port(self) -> int:
         """A free port that no node of this cluster was given (nor a worker range)."""
-        from fedsilo.deploy.loopback import free_port
+        from fedsilo.ports import free_port
 
         while True:
             port = free_port()

@@ -210,9 +210,6 @@ class SimulationSection:
 @dataclass(frozen=True)
 class OutputSection:
     dir: str = _opt("runs", "where run directories are created")
-    run_dir: str = _opt("", "set by `fedsilo run`; empty lets the ServerApp create one")
-    resume: bool = _opt(False, "continue the run in output.run_dir from its last "
-                        "checkpoint (set by `fedsilo resume`)")
     plot: bool = _opt(True, "write PNG plots")
     audit: bool = _opt(False, "record every reply each institution sends (records, metric "
                        "values, array shapes) in <run dir>/audit/<institution>.jsonl (a "
@@ -226,10 +223,6 @@ class OutputSection:
     mlflow_uri: str = _opt("", "MLflow tracking URI (empty: a local SQLite file "
                            "<output.dir>/mlflow.db)")
     mlflow_experiment: str = _opt("", "MLflow experiment (empty: the scenario's name)")
-    stream: bool = _opt(False, "the ServerApp also prints its records (config, metrics rows, "
-                        "summary, final shared arrays) as lines of its log, from which "
-                        "`fedsilo submit` writes the run directory on the submitting machine "
-                        "(submit sets it)")
 
 
 @dataclass(frozen=True)
@@ -564,6 +557,11 @@ def known_institutions(s: Scenario) -> int | None:
 
 
 # -- files and overrides --------------------------------------------------------------------
+# keys that earlier run directories' config.toml hold: facts of one run (fedsilo.facts),
+# never settings; read and dropped
+RETIRED = frozenset({"output.run_dir", "output.resume", "output.stream"})
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
     """Read a scenario file into flat keys; a bad file is a ConfigError naming it."""
     p = Path(path)
@@ -574,7 +572,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
             raw = tomllib.load(fh)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file '{path}' is not valid TOML: {exc}") from None
-    return flatten(raw)
+    return {k: v for k, v in flatten(raw).items() if k not in RETIRED}
 
 
 def parse_override(text: str) -> tuple[str, Any]:

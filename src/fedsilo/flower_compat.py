@@ -3,14 +3,17 @@
 Everything fedsilo uses from Flower that is not part of its public API (``flwr.app``,
 ``flwr.serverapp``, ``flwr.clientapp``, ``flwr.client.mod``, the names ``flwr.common``
 exports) is imported here and nowhere else; a test fails when the installed Flower moves
-any of it (tests/unit/test_flower_compat.py), and another that no module imports Flower's
-internals directly. Each group says what public API would replace it once Flower has one.
+any of it (tests/unit/test_layering.py::test_flower_compat_still_finds_every_internal),
+and another that no module imports Flower's internals directly. Each group says what
+public API would replace it once Flower has one.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from typing import Any
+
+import numpy as np
 
 # -- launching the apps by reference with a run config (fedsilo run) -----------------------
 # Flower's public ``run_simulation`` takes app objects and no run config; its CLI path
@@ -57,6 +60,7 @@ __all__ = [
     "control_client", "start_run", "run_status", "stream_logs", "stop_run", "register_node",
     "flower_error", "serve_clientapp_tasks", "fab_components", "run_supernode",
     "faster_object_pulls", "parse_flower_command", "keep_sigterm_handler",
+    "strategy_chain", "strategy_state", "restore_strategy_state", "dp_wrapper_settings",
 ]
 
 
@@ -457,3 +461,115 @@ def keep_sigterm_handler():
         yield
     finally:
         ray_utils.set_sigterm_handler = original
+
+
+# -- a strategy's state in a checkpoint, one function per family ---------------------------
+# Flower's strategies keep their server-side state in attributes (FedOpt's moments, FedAvgM's
+# momentum and its own copy of the weights, the DP wrappers' clipping norm) and offer no
+# API to save or restore it. These are the only places fedsilo names those attributes (a
+# test holds it). Replace once Flower's strategies can be checkpointed.
+def strategy_chain(strategy) -> list:
+    """``strategy`` and every strategy it wraps, outermost first (fedsilo's wrappers keep
+    theirs in ``inner``, Flower's DP wrappers in ``strategy``)."""
+    chain, seen = [], strategy
+    while seen is not None and all(seen is not s for s in chain):
+        chain.append(seen)
+        seen = seen.__dict__.get("inner") or seen.__dict__.get("strategy")
+    return chain
+
+
+def _fedopt_state(s) -> dict[str, np.ndarray]:
+    return {f"{attr}/{k}": np.asarray(v) for attr in ("m_t", "v_t")
+            for k, v in (getattr(s, attr, None) or {}).items()}
+
+
+def _restore_fedopt(s, groups: dict[str, dict[str, np.ndarray]]) -> None:
+    for attr in ("m_t", "v_t"):
+        if attr in groups:
+            setattr(s, attr, groups[attr])
+
+
+def _fedavgm_state(s) -> dict[str, np.ndarray]:
+    from flwr.app import ArrayRecord
+
+    momentum, current = s.momentum_vector, s.current_arrays
+    if momentum is None or not isinstance(current, ArrayRecord):
+        return {}
+    out = {f"momentum/{k}": np.asarray(v)
+           for k, v in zip(current.keys(), momentum, strict=True)}
+    out.update({f"current/{k}": v.numpy() for k, v in current.items()})
+    return out
+
+
+def _restore_fedavgm(s, groups: dict[str, dict[str, np.ndarray]]) -> None:
+    from flwr.app import Array, ArrayRecord
+
+    if "momentum" in groups:
+        s.current_arrays = ArrayRecord({k: Array(np.asarray(v))
+                                        for k, v in groups["current"].items()})
+        s.momentum_vector = [groups["momentum"][k] for k in groups["current"]]
+
+
+def _DP_WRAPPERS() -> tuple[type, type]:  # noqa: N802 - a constant, imported late
+    from flwr.serverapp.strategy.dp_adaptive_clipping import DifferentialPrivacyAdaptiveBase
+    from flwr.serverapp.strategy.dp_fixed_clipping import DifferentialPrivacyFixedClippingBase
+
+    return DifferentialPrivacyAdaptiveBase, DifferentialPrivacyFixedClippingBase
+
+
+def strategy_state(strategy) -> tuple[dict[str, np.ndarray], dict]:
+    """(named arrays, JSON scalars): the server-side state of every strategy in
+    ``strategy``'s chain that a resumed run needs. fedsilo's own strategies give theirs
+    through ``checkpoint_state()``."""
+    from flwr.serverapp.strategy import FedAvgM
+    from flwr.serverapp.strategy.fedopt import FedOpt
+
+    arrays: dict[str, np.ndarray] = {}
+    scalars: dict = {}
+    for s in strategy_chain(strategy):
+        if isinstance(s, FedOpt):
+            arrays.update(_fedopt_state(s))
+        if isinstance(s, FedAvgM):
+            arrays.update(_fedavgm_state(s))
+        if isinstance(s, _DP_WRAPPERS()):
+            scalars["clipping_norm"] = float(s.clipping_norm)
+        if hasattr(type(s), "checkpoint_state"):  # looked up on the class: not delegated
+            more_arrays, more_scalars = s.checkpoint_state()
+            arrays.update(more_arrays)
+            scalars.update(more_scalars)
+    return arrays, scalars
+
+
+def restore_strategy_state(strategy, arrays: dict[str, np.ndarray], scalars: dict) -> None:
+    """Put back what ``strategy_state`` saved."""
+    from flwr.serverapp.strategy import FedAvgM
+    from flwr.serverapp.strategy.fedopt import FedOpt
+
+    groups: dict[str, dict[str, np.ndarray]] = {}
+    for name, v in arrays.items():
+        group, key = name.split("/", 1)
+        groups.setdefault(group, {})[key] = v
+    for s in strategy_chain(strategy):
+        if isinstance(s, FedOpt):
+            _restore_fedopt(s, groups)
+        if isinstance(s, FedAvgM):
+            _restore_fedavgm(s, groups)
+        if isinstance(s, _DP_WRAPPERS()) and "clipping_norm" in scalars:
+            s.clipping_norm = float(scalars["clipping_norm"])
+        if hasattr(type(s), "restore_checkpoint_state"):
+            s.restore_checkpoint_state(groups, scalars)
+
+
+def dp_wrapper_settings(strategy) -> dict:
+    """The clipping norm and noise that the DP wrapper in ``strategy``'s chain uses now
+    (and, for adaptive clipping, the noise on the count of unclipped updates)."""
+    adaptive, _fixed = _DP_WRAPPERS()
+    for s in strategy_chain(strategy):
+        if isinstance(s, _DP_WRAPPERS()):
+            out = {"clipping_norm": float(s.clipping_norm),
+                   "noise_multiplier": float(s.noise_multiplier),
+                   "num_sampled": int(s.num_sampled_clients)}
+            if isinstance(s, adaptive):
+                out["clipped_count_std"] = float(s.clipped_count_stddev)
+            return out
+    return {}

@@ -22,8 +22,21 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedsilo import config, results
+from fedsilo import config
 from fedsilo.config import ConfigError, Scenario
+from fedsilo.console import shown
+from fedsilo.facts import DEFAULTS as FACT_DEFAULTS
+from fedsilo.facts import RunFacts, run_config
+from fedsilo.files import write_json, write_text
+from fedsilo.results.rundir import (
+    INCOMPLETE,
+    RESUMABLE,
+    RunDirectory,
+    check_lock,
+    check_writable,
+    new_run_dir,
+    reopen_run_dir,
+)
 
 SERVER_APP = "server.app:app"
 CLIENT_APP = "clients.app:app"
@@ -45,9 +58,9 @@ def preflight(s: Scenario):
     """Fail before anything starts: bad data, unloadable backbone, missing device."""
     from fedsilo.data import build_federation
     from fedsilo.models import backbone as bb
+    from fedsilo.node.silo import resolve_device
     from fedsilo.privacy import check_scenario
     from fedsilo.results.tracking import check_mlflow
-    from fedsilo.silo import resolve_device
 
     check_scenario(s)
     check_size(s)
@@ -110,14 +123,14 @@ def check_size(s: Scenario) -> None:
               f"{examples / EXAMPLES_PER_SECOND:.0f} s", flush=True)
 
 
-def shared_facts(s: Scenario, fed) -> Scenario:
-    """The scenario as the apps receive it: the institutions to wait for and the label set
-    written out, so that the server needs no data (as in a deployment), and the cache
-    directory as an absolute path (on a Ray cluster, the same path on every node's own
-    disk)."""
-    return s.replace(**{"federation.institutions": ",".join(fed.names()),
-                        "data.labels": ",".join(fed.labels),
-                        "simulation.cache_dir": str(Path(s.simulation.cache_dir).resolve())})
+def run_facts(s: Scenario, fed, run_dir: Path, resume: bool = False) -> RunFacts:
+    """What the apps are told about this run besides the scenario: its directory, and what
+    the server would otherwise have to read from the data (the institutions to wait for,
+    the label set), as in a deployment; the cache directory as an absolute path (on a Ray
+    cluster, the same path on every node's own disk)."""
+    return RunFacts(dir=str(run_dir), resume=resume, institutions=",".join(fed.names()),
+                    labels=",".join(fed.labels),
+                    cache_dir=str(Path(s.simulation.cache_dir).resolve()))
 
 
 def scratch_env(cache_dir: Path) -> dict[str, str]:
@@ -162,7 +175,8 @@ def _remove_orphaned_ray_dirs() -> None:
 
 
 def write_app_dir(cache_dir: Path) -> Path:
-    """A Flower app directory whose pyproject holds every default of the scenario."""
+    """A Flower app directory whose pyproject holds every default of the scenario and of a
+    run's facts (Flower refuses run-config keys that its app does not declare)."""
     import tomli_w
 
     app_dir = cache_dir / "app"
@@ -171,14 +185,12 @@ def write_app_dir(cache_dir: Path) -> Path:
                "tool": {"flwr": {"app": {"publisher": "fedsilo",
                                          "components": {"serverapp": SERVER_APP,
                                                         "clientapp": CLIENT_APP},
-                                         "config": config.DEFAULTS}}}}
+                                         "config": {**config.DEFAULTS,
+                                                    **FACT_DEFAULTS}}}}}
     text = tomli_w.dumps(project)
     target = app_dir / "pyproject.toml"
     if not target.is_file() or target.read_text() != text:  # runs may share the cache dir
-        fd, tmp = tempfile.mkstemp(dir=app_dir, suffix=".toml.tmp")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, target)
+        write_text(target, text)
     return app_dir
 
 
@@ -259,14 +271,15 @@ def simulate(s: Scenario, verbose: bool = False, mlflow_parent: str | None = Non
     procs = RunProcesses(s, verbose)  # Ray starts while the inputs are checked
     try:
         fed, _ref, device = preflight(s)
-        results.check_writable(s)
+        check_writable(s)
         nodes = connect_ray(s, verbose)
-        run_dir = results.new_run_dir(s).resolve()
+        run_dir = new_run_dir(s).resolve()
     except BaseException:
         procs.stop()
         raise
-    s = shared_facts(s, fed).replace(**{"output.run_dir": str(run_dir)})
-    return _simulate_in(run_dir, s, fed, device, t0, verbose, nodes, procs, mlflow_parent)
+    facts = run_facts(s, fed, run_dir)
+    return _simulate_in(run_dir, s, facts, fed, device, t0, verbose, nodes, procs,
+                        mlflow_parent)
 
 
 def resume(run_dir: Path, overrides: list[str] | None = None,
@@ -277,10 +290,10 @@ def resume(run_dir: Path, overrides: list[str] | None = None,
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or not (run_dir / "config.toml").is_file():
         raise ConfigError(f"resume: '{run_dir}' is not a run directory (no config.toml)")
-    if not run_dir.name.endswith(results.RESUMABLE):
+    if not run_dir.name.endswith(RESUMABLE):
         raise ConfigError(f"resume: '{run_dir}' finished already (only a directory ending "
-                          f"{', '.join(results.RESUMABLE)} can be resumed)")
-    results.check_lock(run_dir)
+                          f"{', '.join(RESUMABLE)} can be resumed)")
+    check_lock(run_dir)
     if not (run_dir / "checkpoint" / "state.json").is_file():
         raise ConfigError(f"resume: '{run_dir}' has no checkpoint (it stopped before round "
                           f"1 ended); start it again with `fedsilo run "
@@ -294,15 +307,14 @@ def resume(run_dir: Path, overrides: list[str] | None = None,
     procs = RunProcesses(saved, verbose)
     try:
         fed, _ref, device = preflight(saved)
-        results.check_writable(saved)
+        check_writable(saved)
         nodes = connect_ray(saved, verbose)
-        live = results.reopen_run_dir(run_dir.resolve())
+        live = reopen_run_dir(run_dir.resolve())
     except BaseException:
         procs.stop()
         raise
-    s = shared_facts(saved, fed).replace(**{"output.run_dir": str(live),
-                                            "output.resume": True})
-    return _simulate_in(live, s, fed, device, t0, verbose, nodes, procs)
+    facts = run_facts(saved, fed, live, resume=True)
+    return _simulate_in(live, saved, facts, fed, device, t0, verbose, nodes, procs)
 
 
 def connect_ray(s: Scenario, verbose: bool) -> list[dict] | None:
@@ -389,7 +401,7 @@ def ray_init_args(s: Scenario, ray_tmp: Path, verbose: bool) -> dict:
     return init_args
 
 
-def _simulate_in(run_dir: Path, s: Scenario, fed, device, t0: float,
+def _simulate_in(run_dir: Path, s: Scenario, facts: RunFacts, fed, device, t0: float,
                  verbose: bool, nodes: list[dict] | None, procs: RunProcesses,
                  mlflow_parent: str | None = None) -> RunOutcome:
     """Launch the run in ``run_dir`` (``.incomplete``), check its outcome, finalise it."""
@@ -398,12 +410,12 @@ def _simulate_in(run_dir: Path, s: Scenario, fed, device, t0: float,
     t_preflight = time.time()
     cache_dir = procs.cache_dir
     try:
-        with results.RunDirectory(run_dir, describe=_describe_failure) as rd, \
+        with RunDirectory(run_dir, describe=_describe_failure) as rd, \
                 interrupt.stop_on_signals():
             try:
                 procs.handler = _flower_logging(run_dir / "flower.log", verbose)
                 procs.ready()
-                _launch(s, fed, device, run_dir, procs.ray_tmp, verbose, nodes)
+                _launch(s, facts, fed, device, run_dir, procs.ray_tmp, verbose, nodes)
                 summary = check_outcome(s, run_dir, fed.names())
                 summary["command_wall_time_s"] = time.time() - t0
                 if summary.get("first_round_started_at"):
@@ -412,7 +424,7 @@ def _simulate_in(run_dir: Path, s: Scenario, fed, device, t0: float,
                     st["preflight_s"] = t_preflight - t0
                     if "server_started_at" in st:  # Ray and the simulation runtime
                         st["runtime_start_s"] = st["server_started_at"] - t_preflight
-                results.write_json(run_dir / "summary.json", summary)
+                write_json(run_dir / "summary.json", summary)
             finally:
                 procs.stop()
     except BaseException as exc:  # noqa: BLE001 - reported in one line, then re-raised
@@ -424,8 +436,8 @@ def _simulate_in(run_dir: Path, s: Scenario, fed, device, t0: float,
         if isinstance(cause, OSError) and _is_input(cause):
             raise ConfigError(f"output.dir: cannot write the run's files under "
                               f"'{s.output.dir}': {cause.strerror or cause} (the run stopped "
-                              f"in {_shown(rd.final)})") from None
-        raise RunFailed(f"{cause} (details: {_shown(rd.final)}/flower.log)") from cause
+                              f"in {shown(rd.final)})") from None
+        raise RunFailed(f"{cause} (details: {shown(rd.final)}/flower.log)") from cause
     _forget_node_memory(cache_dir, run_dir)
     if s.personalize.method != "none" and s.personalize.compare_local:
         compare_with_local(s, rd.final)
@@ -448,9 +460,9 @@ def compare_with_local(s: Scenario, run_dir: Path) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     gains = personal_gains(summary, json.loads((local_dir / "summary.json").read_text()))
     gains["local_baseline"] = local_dir.name
-    results.write_json(run_dir / "gains.json", gains)
+    write_json(run_dir / "gains.json", gains)
     summary["gains"] = {"local_baseline": local_dir.name, "losers": gains["losers"]}
-    results.write_json(run_dir / "summary.json", summary)
+    write_json(run_dir / "summary.json", summary)
     print("\nwhat each institution gains by joining (its own test split; gain: the model it "
           f"uses, personal, against local-only)\n{gains_table(gains)}", flush=True)
     return gains
@@ -478,7 +490,7 @@ def _is_input(exc: BaseException) -> bool:
 def _forget_node_memory(cache_dir: Path, run_dir: Path) -> None:
     """A finished run's institutions no longer need their kept memory (a simulation keeps
     it under the machine's cache directory)."""
-    key = run_dir.name.removesuffix(results.INCOMPLETE)
+    key = run_dir.name.removesuffix(INCOMPLETE)
     shutil.rmtree(cache_dir / "state" / key, ignore_errors=True)
 
 
@@ -508,8 +520,8 @@ def kill_orphans() -> list[str]:
     return names
 
 
-def _launch(s: Scenario, fed, device, run_dir: Path, ray_tmp: Path, verbose: bool,
-            nodes: list[dict] | None) -> None:
+def _launch(s: Scenario, facts: RunFacts, fed, device, run_dir: Path, ray_tmp: Path,
+            verbose: bool, nodes: list[dict] | None) -> None:
     """The ServerApp and ClientApps by reference, on Flower's simulation runtime."""
     from fedsilo.flower_compat import keep_sigterm_handler, run_simulation_by_reference
 
@@ -527,7 +539,8 @@ def _launch(s: Scenario, fed, device, run_dir: Path, ray_tmp: Path, verbose: boo
           f"'{s.model.scope}', device {device.type}{where}; run directory {run_dir.name}",
           flush=True)
     with keep_sigterm_handler():
-        run_simulation_by_reference(s.flat(), num_supernodes=len(fed.institutions),
+        run_simulation_by_reference(run_config(s, facts),
+                                    num_supernodes=len(fed.institutions),
                                     backend_config=backend_config, server_app=SERVER_APP,
                                     client_app=CLIENT_APP, app_dir=str(app_dir),
                                     verbose=verbose)
@@ -561,13 +574,6 @@ def _describe_failure(exc: BaseException) -> str:
     where = "".join(traceback.format_exception(cause))  # for a report: where it came from
     return f"{type(cause).__name__}: {cause}\n\n{where}"
 
-
-def _shown(p: Path) -> str:
-    """A path as a user would type it: relative to the working directory when inside it."""
-    try:
-        return str(p.relative_to(Path.cwd()))
-    except ValueError:
-        return str(p)
 
 
 def check_outcome(s: Scenario, run_dir: Path, names: list[str]) -> dict:

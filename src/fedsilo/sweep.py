@@ -22,8 +22,18 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from fedsilo import config, results
+from fedsilo import config
 from fedsilo.config import ConfigError
+from fedsilo.files import write_json
+from fedsilo.results.rundir import (
+    INCOMPLETE,
+    RESUMABLE,
+    RunDirectory,
+    check_lock,
+    new_run_dir,
+    reopen_run_dir,
+)
+from fedsilo.results.summary import format_table
 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
@@ -103,10 +113,10 @@ def run_sweep(path: str | None, grid_args: list[str], overrides: list[str],
         base = base.replace(**{"output.mlflow_uri": mlflow_uri(base.output.dir,
                                                                base.output.mlflow_uri),
                                "output.mlflow_experiment": experiment_of(base)})
-    sweep_dir = results.new_run_dir(base.replace(
+    sweep_dir = new_run_dir(base.replace(
         **{"scenario.name": f"sweep-{base.scenario.name}"}))
     parent = _mlflow_parent(base, sweep_dir)
-    results.write_json(sweep_dir / "sweep.json", {"base": base.flat(), "grid": combos,
+    write_json(sweep_dir / "sweep.json", {"base": base.flat(), "grid": combos,
                                                   "rows": [], "mlflow_parent": parent})
     return _in(sweep_dir, base, combos, verbose, parent)
 
@@ -118,7 +128,7 @@ def _mlflow_parent(base, sweep_dir: Path) -> str | None:
     from fedsilo.results.tracking import check_mlflow, experiment_of, start_mlflow_parent
 
     check_mlflow(base)
-    return start_mlflow_parent(sweep_dir.name.removesuffix(results.INCOMPLETE),
+    return start_mlflow_parent(sweep_dir.name.removesuffix(INCOMPLETE),
                                base.output.dir, base.output.mlflow_uri, experiment_of(base),
                                base.flat())
 
@@ -128,7 +138,7 @@ def _in(sweep_dir: Path, base, combos: list[dict], verbose: bool,
     """Run the sweep in its directory; an interruption names the directory to resume."""
     from fedsilo.interrupt import Interrupted
 
-    rd = results.RunDirectory(sweep_dir)
+    rd = RunDirectory(sweep_dir)
     try:
         with rd:
             _run_all(base, combos, sweep_dir, verbose, parent)
@@ -146,12 +156,12 @@ def resume_sweep(sweep_dir: Path, verbose: bool = False) -> Path:
     if not saved.is_file() or "base" not in json.loads(saved.read_text()):
         raise ConfigError(f"sweep --resume: '{sweep_dir}' is not a sweep directory that can "
                           f"be resumed (no sweep.json with its plan)")
-    if not sweep_dir.name.endswith(results.RESUMABLE):
+    if not sweep_dir.name.endswith(RESUMABLE):
         raise ConfigError(f"sweep --resume: '{sweep_dir}' finished already")
-    results.check_lock(sweep_dir)
+    check_lock(sweep_dir)
     plan_ = json.loads(saved.read_text())
     base = config.from_flat(plan_["base"])
-    live = results.reopen_run_dir(sweep_dir.resolve())
+    live = reopen_run_dir(sweep_dir.resolve())
     return _in(live, base, plan_["grid"], verbose, plan_.get("mlflow_parent"))
 
 
@@ -185,7 +195,7 @@ def _run_all(base, combos: list[dict], sweep_dir: Path, verbose: bool,
             row.update(run=None, error=str(exc))
             print(f"sweep run {i} failed: {exc}", flush=True)
         rows.append(row)
-        results.write_json(sweep_dir / "sweep.json", {"base": base.flat(), "grid": combos,
+        write_json(sweep_dir / "sweep.json", {"base": base.flat(), "grid": combos,
                                                       "rows": rows, "mlflow_parent": parent})
     table = sweep_table(rows)
     (sweep_dir / "sweep.md").write_text(table + "\n")
@@ -198,8 +208,8 @@ def _run_all(base, combos: list[dict], sweep_dir: Path, verbose: bool,
 def _earlier(sweep_dir: Path, name: str) -> tuple[Path | None, Path | None]:
     """(the finished run of ``name`` in this sweep, or its resumable one), if any."""
     mine = sorted(p for p in sweep_dir.glob(f"{name}-*") if p.is_dir())
-    done = [p for p in mine if not p.name.endswith(results.RESUMABLE)]
-    unfinished = [p for p in mine if p.name.endswith(results.RESUMABLE)
+    done = [p for p in mine if not p.name.endswith(RESUMABLE)]
+    unfinished = [p for p in mine if p.name.endswith(RESUMABLE)
                   and (p / "checkpoint" / "state.json").is_file()]
     return (done[-1] if done else None), (unfinished[-1] if unfinished else None)
 
@@ -232,7 +242,7 @@ def sweep_table(rows: list[dict]) -> str:
     body = [[r[k] for k in keys] + [r.get("macro_f1", "failed"), r.get("worst_accuracy", "-"),
                                     r.get("accuracy", "-")]
             + [r.get(k, "-") for k in eps] for r in rows]
-    return results.format_table(body, keys + ["final macro-F1", "worst inst acc",
+    return format_table(body, keys + ["final macro-F1", "worst inst acc",
                                                "final acc"] + [EPSILONS[k] for k in eps])
 
 

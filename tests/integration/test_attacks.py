@@ -71,7 +71,7 @@ def test_dp_sgd_at_a_small_epsilon_stays_within_its_bound_and_hides_the_canaries
     assert (run / "attack_dp_bound.png").stat().st_size > 5000
     assert "within the bound" in out.stdout
     # the same attack proves far more than epsilon 1 against the run without DP
-    from fedsilo.privacy.audit import epsilon_lower_bound
+    from fedsilo.attacks.audit import epsilon_lower_bound
 
     lira = overfit[1]["lira"]["online"]["federation"]
     undefended = epsilon_lower_bound(lira["roc"]["fpr"], lira["roc"]["tpr"],

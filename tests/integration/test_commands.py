@@ -90,7 +90,7 @@ def test_sweep_runs_the_grid_including_scaffold(tmp_path, cache_dir):
     assert scaffold["bytes_up"] == 2 * fedavg["bytes_up"]
     assert scaffold["bytes_down"] == 2 * fedavg["bytes_down"]
     # the server control variate is in the checkpoint, one array per shared array
-    from fedsilo.results import read_checkpoint
+    from fedsilo.results.checkpoint import read_checkpoint
 
     _, shared, strategy_state = read_checkpoint(sweep_dir / rows[1]["run"])
     assert sorted(strategy_state) == sorted(f"control/{k}" for k in shared)

@@ -21,7 +21,8 @@ import pandas as pd
 import pytest
 
 from fedsilo.data.synthetic import LABELS
-from fedsilo.deploy.loopback import Loopback, fedsilo, free_port
+from fedsilo.deploy.loopback import Loopback, fedsilo
+from fedsilo.ports import free_port
 from tests.conftest import CONFIGS, ROOT
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedsilo.results import read_checkpoint
+from fedsilo.results.checkpoint import read_checkpoint
 from tests.conftest import CONFIGS
 from tests.helpers import leftovers_of
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from fedsilo.privacy.attacks import auc, roc, summarise, tpr_at
+from fedsilo.attacks.membership import auc, roc, summarise, tpr_at
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -39,7 +39,7 @@ def test_perfect_chance_and_reversed_attacks():
 
 # -- LiRA ---------------------------------------------------------------------------------------
 def test_lira_separates_in_from_out_and_is_at_chance_without_a_difference():
-    from fedsilo.privacy.lira import scores
+    from fedsilo.attacks.lira import scores
 
     rng = np.random.default_rng(0)
     n, k = 400, 8
@@ -60,7 +60,7 @@ def test_lira_separates_in_from_out_and_is_at_chance_without_a_difference():
 
 
 def test_lira_borrows_the_shift_for_a_record_no_shadow_trained_on():
-    from fedsilo.privacy.lira import scores
+    from fedsilo.attacks.lira import scores
 
     inside = np.array([[True, False, False], [False, True, False]])
     shadow = np.array([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
@@ -72,7 +72,7 @@ def test_lira_borrows_the_shift_for_a_record_no_shadow_trained_on():
 def test_confidence_is_the_logit_of_the_labels_probability():
     import torch
 
-    from fedsilo.privacy.lira import confidence
+    from fedsilo.attacks.lira import confidence
 
     class Fixed:
         def to(self, _):
@@ -101,7 +101,7 @@ def test_confidence_is_the_logit_of_the_labels_probability():
 def test_clopper_pearson_matches_scipys_exact_interval():
     from scipy.stats import binomtest
 
-    from fedsilo.privacy.audit import _clopper_pearson
+    from fedsilo.attacks.audit import _clopper_pearson
 
     for k, n in ((0, 30), (3, 30), (30, 30), (17, 1000)):
         lo, hi = _clopper_pearson(np.array([k]), n, 0.05)
@@ -114,7 +114,7 @@ def test_the_audit_proves_epsilon_for_randomised_response_and_nothing_at_chance(
     """Randomised response with epsilon 2: a member answers 1 with e^2/(1+e^2), a
     non-member with 1/(1+e^2): the best test has exactly TPR = e^2 FPR. With many records
     the point estimate is 2 and the 95% bound a little below; at chance both are ~0."""
-    from fedsilo.privacy.audit import bound_curve, epsilon_lower_bound, respects
+    from fedsilo.attacks.audit import bound_curve, epsilon_lower_bound, respects
 
     eps, n = 2.0, 20000
     rng = np.random.default_rng(1)
@@ -141,15 +141,11 @@ def test_one_sgd_step_gives_the_label_counts_away(hidden, cache_dir):
     server's estimate from the output layer's update is near the true histogram; guessing a
     uniform prediction instead is far off."""
     from fedsilo import config
+    from fedsilo.attacks.labels import histogram_error, recover_counts, step_size_sum
     from fedsilo.data import build_federation
-    from fedsilo.privacy.labels import (
-        histogram_error,
-        mean_input_logits,
-        recover_counts,
-        step_size_sum,
-    )
-    from fedsilo.silo import features, runtime_for
+    from fedsilo.node.silo import features, runtime_for
     from fedsilo.training import local_train
+    from strategies.view import mean_input_logits
     from tests.conftest import CONFIGS
 
     s = config.load(CONFIGS / "smoke.toml", ["train.optimizer=sgd", "train.local_epochs=1",
@@ -205,8 +201,8 @@ def test_canaries_go_into_one_institutions_training_split_only():
 
 def test_label_inference_says_when_the_output_layer_never_left_the_institutions():
     from fedsilo import config
+    from fedsilo.attacks.labels import label_attack, label_table
     from fedsilo.data import build_federation
-    from fedsilo.privacy.labels import label_attack, label_table
     from tests.conftest import CONFIGS
 
     s = config.load(CONFIGS / "smoke.toml", ["personalize.method=split",
@@ -221,7 +217,7 @@ def test_label_inference_says_when_the_output_layer_never_left_the_institutions(
 def test_a_deployed_node_refuses_canaries(tmp_path):
     from fedsilo import config
     from fedsilo.config import ConfigError
-    from fedsilo.silo import resolve_institution
+    from fedsilo.node.silo import resolve_institution
     from tests.conftest import CONFIGS
 
     s = config.load(CONFIGS / "smoke.toml", ["attack.canaries=3"])
@@ -232,8 +228,8 @@ def test_a_deployed_node_refuses_canaries(tmp_path):
 
 
 def test_members_are_the_rows_trained_on_and_unmemorised_canaries_score_log2_e():
+    from fedsilo.attacks.canary import chance_exposure
     from fedsilo.config import Scenario
-    from fedsilo.privacy.attacks import chance_exposure
     from fedsilo.training import holdout, round_seed, trained_rows
 
     s = Scenario().replace(**{"model.scope": "top-k"})  # stops early: a holdout

@@ -90,7 +90,7 @@ def _clip_update(x, y, norm: float, adaptive: bool):
     """The node's clipping step of a training round, on ``y`` trained from ``x``."""
     from types import SimpleNamespace
 
-    from fedsilo.training.round import Instruction, Memory, RoundState, clip_on_node
+    from fedsilo.node.round import Instruction, Memory, RoundState, clip_on_node
 
     mode = "client-adaptive" if adaptive else "client-fixed"
     silo = SimpleNamespace(scenario=Scenario().replace(**{

@@ -243,7 +243,7 @@ def test_invalid_toml_named(tmp_path):
     [],
     ["scenario.name=x2024", "train.lr=0.5", "model.cache=false", "data.alpha=2",
      "faults.crash=bank-1, hospital-2", "data.synthetic.size=77", "model.pooling=cls",
-     "data.source=/some/where/data.parquet", "output.run_dir=runs/abc"],
+     "data.source=/some/where/data.parquet", "output.dir=runs/abc"],
 ])
 def test_to_toml_round_trips(tmp_path, overrides):
     original = load(None, overrides)
@@ -273,10 +273,14 @@ def test_replace_validates():
 
 
 def test_pyproject_flower_config_equals_defaults():
+    from fedsilo import facts
+
     with (ROOT / "pyproject.toml").open("rb") as fh:
         pyproject = tomllib.load(fh)
     table = pyproject["tool"]["flwr"]["app"]["config"]
     flat = config.flatten(table)
+    run = {k: flat.pop(k) for k in list(flat) if k.startswith(facts.PREFIX)}
+    assert run == facts.DEFAULTS  # what a launcher passes beside the scenario
     assert flat == DEFAULTS
     # same types too (an int default must not be written as a float, and vice versa)
     for key, value in flat.items():

@@ -144,7 +144,7 @@ def test_certs_never_overwrite_and_leave_nothing_half_written(tmp_path):
 
 # -- the streamed run directory -------------------------------------------------------------
 def test_a_run_directory_is_rebuilt_from_the_streamed_lines(tmp_path, capsys):
-    from fedsilo.deploy import stream
+    from fedsilo.results import stream
 
     arrays = {"head.out.weight": np.arange(60_000, dtype=np.float32).reshape(600, 100),
               "head.out.bias": np.ones(3, np.float32)}
@@ -177,7 +177,7 @@ def _file(tmp_path: Path, rows: dict, name="own.csv") -> Path:
 
 
 def _node(s: Scenario, path: Path, **extra):
-    from fedsilo.silo import resolve_institution
+    from fedsilo.node.silo import resolve_institution
 
     return resolve_institution(s, {"institution": "bank-a", "data-path": str(path), **extra})
 
@@ -255,10 +255,11 @@ class HandshakeGrid:
 
 
 def _shake(grid, **sets):
+    from fedsilo.facts import RunFacts, expected_institutions
     from server.handshake import handshake
 
     s = Scenario().replace(**{"federation.wait_s": 1.0, **sets})
-    return handshake(grid, s, poll_s=0.05)
+    return handshake(grid, s, *expected_institutions(s, RunFacts()), poll_s=0.05)
 
 
 @pytest.fixture
@@ -296,10 +297,15 @@ def test_the_handshake_refuses_a_false_claim(identity, claims, registered, match
 
 
 def test_a_natural_split_of_a_file_needs_the_institutions_named():
-    from server.handshake import expected_institutions
+    from fedsilo.facts import RunFacts, expected_institutions
+    from server.handshake import handshake
 
     s = Scenario().replace(**{"data.source": "x.csv"})
+    assert expected_institutions(s, RunFacts()) == ([], None)
     with pytest.raises(ConfigError, match="'federation.institutions' must name"):
-        expected_institutions(s)
-    assert expected_institutions(config.Scenario()) == ([], 5)
+        handshake(HandshakeGrid({}), s, [], None)
+    assert expected_institutions(config.Scenario(), RunFacts()) == ([], 5)
+    # a simulation's launcher found them in the data
+    found = RunFacts(institutions="a,b")
+    assert expected_institutions(s, found) == (["a", "b"], 2)
 

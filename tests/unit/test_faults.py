@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from fedsilo import results
 from fedsilo.config import ConfigError, Scenario
+from fedsilo.results.rundir import RunDirectory, check_lock, check_writable
 from fedsilo.training.features import FeatureCache
 from strategies import ClientFailure, RoundLedger
 from tests.helpers import reply, roster
@@ -104,11 +104,11 @@ def test_an_unwritable_output_dir_is_one_line_naming_it(tmp_path):
     blocker.write_text("x")
     s = Scenario().replace(**{"output.dir": str(blocker / "runs")})
     with pytest.raises(ConfigError, match=r"output.dir: cannot write to '.*a-file/runs'"):
-        results.check_writable(s)
+        check_writable(s)
     s = Scenario().replace(**{"simulation.cache_dir": str(blocker / "cache"),
                               "output.dir": str(tmp_path / "runs")})
     with pytest.raises(ConfigError, match=r"simulation.cache_dir: cannot write to"):
-        results.check_writable(s)
+        check_writable(s)
 
 
 def test_a_federation_beyond_the_machine_is_refused_before_any_work():
@@ -163,7 +163,7 @@ def test_skip_with_institution_level_dp_is_refused():
 
 # -- kept memory, locks -------------------------------------------------------------------------
 def test_an_institutions_memory_survives_on_its_disk_by_round(tmp_path):
-    from fedsilo.training import memory
+    from fedsilo.node import memory
 
     d = memory.snapshot_dir(tmp_path, "run-1", "bank-1")
     for r in (1, 2, 3, 4):
@@ -180,13 +180,13 @@ def test_an_institutions_memory_survives_on_its_disk_by_round(tmp_path):
 def test_a_live_run_is_told_from_a_dead_one(tmp_path):
     run = tmp_path / "x.incomplete"
     run.mkdir()
-    with results.RunDirectory(run):
+    with RunDirectory(run):
         with pytest.raises(ConfigError, match="still going"):
-            results.check_lock(run)
+            check_lock(run)
     (tmp_path / "y.incomplete").mkdir()
     (tmp_path / "y.incomplete" / "lock").write_text(json.dumps(
         {"pid": 2**22 + 12345, "host": socket.gethostname(), "started": 0}))
-    results.check_lock(tmp_path / "y.incomplete")  # its owner is gone: stale
+    check_lock(tmp_path / "y.incomplete")  # its owner is gone: stale
     assert not (tmp_path / "y.incomplete" / "lock").exists()
     assert os.path.isdir(tmp_path / "x")  # finished: renamed, lock gone
     assert not (tmp_path / "x" / "lock").exists()

@@ -129,3 +129,67 @@ def test_secure_aggregation_stage_keys_are_flowers():
                 Key.CIPHERTEXT_LIST}, {Key.MASKED_PARAMETERS}, {Key.NODE_ID_LIST,
                 Key.SHARE_LIST})
     assert list(SECAGG_STAGE_KEYS) == list(expected)
+
+
+# The floors of src/fedsilo, from the ground up (docs/architecture.md draws the same list):
+# a module imports only modules on its own floor or below.
+FLOORS = [
+    {"config", "protocol", "arrays", "console", "interrupt", "flower_compat", "files",
+     "ports", "metrics", "facts", "faults"},
+    {"data", "results"},
+    {"models"},
+    {"training"},
+    {"privacy"},
+    {"node"},
+    {"baselines", "cluster"},
+    {"attacks", "runner"},
+    {"sweep", "deploy"},
+    {"report", "cli"},
+]
+
+
+def _floor(module: str) -> int:
+    part = module.split(".")[1] if module.count(".") else ""
+    for i, names in enumerate(FLOORS):
+        if part in names:
+            return i
+    raise AssertionError(f"{module}: on no floor of FLOORS (add it there and to "
+                         f"docs/architecture.md)")
+
+
+def test_no_import_runs_up_a_floor():
+    """Inside src/fedsilo, every import runs down (or along) the floors."""
+    bad = []
+    for mod, deps in _graph().items():
+        if not mod.startswith("fedsilo.") :
+            continue
+        for dep in deps:
+            if dep.startswith("fedsilo.") and dep != "fedsilo" and _floor(dep) > _floor(mod):
+                bad.append(f"{mod} (floor {_floor(mod)}) imports {dep} (floor {_floor(dep)})")
+    assert bad == []
+
+
+def test_the_floors_are_written_down_in_the_architecture_page():
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    for i, names in enumerate(FLOORS, start=1):
+        line = next((ln for ln in page.splitlines() if ln.startswith(f"{i:>2}. ")), "")
+        assert set(line.split(": ", 1)[-1].replace(",", " ").split()) >= names, (i, line)
+
+
+# Flower's strategies keep their server-side state in attributes with no API around them:
+# only fedsilo.flower_compat may name them (a checkpoint reads and writes them there).
+FLOWER_STATE = {"m_t", "v_t", "momentum_vector", "current_arrays", "clipped_count_stddev"}
+
+
+def test_flower_strategy_state_is_read_only_through_flower_compat():
+    bad = []
+    for root in PACKAGES.values():
+        for path in root.rglob("*.py"):
+            if path.name == "flower_compat.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                name = node.attr if isinstance(node, ast.Attribute) else (
+                    node.value if isinstance(node, ast.Constant) else None)
+                if name in FLOWER_STATE:
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno} names {name!r}")
+    assert bad == []

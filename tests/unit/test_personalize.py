@@ -16,13 +16,13 @@ from flwr.app import (
     RecordDict,
 )
 
-from fedsilo import config, silo
+from fedsilo import config
 from fedsilo.config import ConfigError
+from fedsilo.node import memory, silo
+from fedsilo.node.memory import Memory
+from fedsilo.node.round import Instruction, run_evaluation, run_training
 from fedsilo.privacy.boundary import check_reply
 from fedsilo.results.compare import gains_table, personal_gains
-from fedsilo.training import memory
-from fedsilo.training.memory import Memory
-from fedsilo.training.round import Instruction, run_evaluation, run_training
 
 SMOKE = "configs/smoke.toml"
 

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedsilo import config, silo
+from fedsilo import config
 from fedsilo.config import ConfigError
 from fedsilo.data import roles
+from fedsilo.node import silo
 from fedsilo.training import (
     holdout,
     local_train,

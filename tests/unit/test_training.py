@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedsilo import config, silo
+from fedsilo import config
 from fedsilo.config import ConfigError
+from fedsilo.node import silo
 from fedsilo.training import evaluate, local_train
 from fedsilo.training.features import FeatureCache, cache_key
 

@@ -84,22 +84,6 @@ def supernode_command(superlink: str, institution: str, data_path: Path, ca: Pat
     return cmd
 
 
-def register_command(public_key: Path, connection: str, name: str) -> list[str]:
-    """Flower's own ``flwr supernode register`` (needs ``connection`` in
-    ``$FLWR_HOME/config.toml``; ``fedsilo register`` does the same without one)."""
-    return ["flwr", "supernode", "register", str(public_key), connection, "--name", name]
-
-
-def connection_toml(name: str, superlink: str, ca: Path | None) -> str:
-    """A SuperLink connection for ``$FLWR_HOME/config.toml`` (Flower's CLI reads it)."""
-    lines = [f"[superlink.{name}]", f'address = "{superlink}"']
-    if ca is None:
-        lines.append("insecure = true")
-    else:
-        lines.append(f'root-certificates = "{Path(ca).resolve()}"')
-    return "\n".join(lines) + "\n"
-
-
 def shell(cmd: list[str]) -> str:
     """A command line as it is typed into a shell."""
     import shlex

@@ -4,7 +4,7 @@ run directory on the submitting machine.
 ``flwr run`` returns as soon as the run is submitted and exits 0 whatever happens next.
 ``submit`` instead streams the ServerApp's log (progress lines shown as they come), polls
 the run's status until it has finished, rebuilds the run directory from the records the
-ServerApp streams (fedsilo.deploy.stream), and fails with the SuperLink's reason when the
+ServerApp streams (fedsilo.results.stream), and fails with the SuperLink's reason when the
 run failed or was stopped. Ctrl-C stops the run on the SuperLink too.
 """
 
@@ -15,10 +15,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedsilo import flower_compat, results
+from fedsilo import flower_compat
 from fedsilo.config import ConfigError, Scenario
+from fedsilo.console import shown
 from fedsilo.data import shared_labels
-from fedsilo.deploy.stream import RunRebuilder
+from fedsilo.facts import RunFacts, run_config
+from fedsilo.results.rundir import RunDirectory, final_name, new_run_dir
+from fedsilo.results.stream import RunRebuilder
 from fedsilo.runner import RunFailed, write_app_dir
 
 FLOWER_LOG = (" INFO ", " WARNING ", " DEBUG ", "INFO :", "WARNING :", "DEBUG :", "ERROR :",
@@ -51,15 +54,14 @@ def submit(s: Scenario, superlink: str, ca: Path | None, cache_dir: Path,
     check_mlflow(s)
     if ca is not None and not Path(ca).is_file():
         raise ConfigError(f"--ca: '{ca}' is not a file")
-    s = s.replace(**{"output.stream": True, "output.run_dir": ""})
-    run_dir = results.new_run_dir(s).resolve()
+    run_dir = new_run_dir(s).resolve()
     run_id = None
-    with results.RunDirectory(run_dir) as rd:
+    with RunDirectory(run_dir) as rd:
         client = flower_compat.control_client(superlink, str(ca) if ca else None)
         try:
             run_id = _start(client, superlink, s, cache_dir)
             print(f"fedsilo: submitted run {run_id} to {superlink}; results in "
-                  f"{_shown(results.final_name(run_dir, failed=False))}", flush=True)
+                  f"{shown(final_name(run_dir, failed=False))}", flush=True)
             (run_dir / "run.txt").write_text(f"superlink {superlink}\nrun_id {run_id}\n")
             rebuilt = _follow(client, run_id, run_dir, s, poll_s, verbose)
         except KeyboardInterrupt:
@@ -81,7 +83,8 @@ def _start(client, superlink: str, s: Scenario, cache_dir: Path) -> int:
 
     app_dir = write_app_dir(cache_dir)
     try:
-        return flower_compat.start_run(client, str(app_dir), s.flat())
+        return flower_compat.start_run(client, str(app_dir),
+                                       run_config(s, RunFacts(stream=True)))
     except httpx.RequestError as exc:
         raise RunFailed(f"cannot reach the SuperLink at {superlink}: "
                         f"{_reason(exc)}") from None
@@ -146,11 +149,5 @@ def _reason(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[-1] if text else type(exc).__name__
 
-
-def _shown(p: Path) -> str:
-    try:
-        return str(p.relative_to(Path.cwd()))
-    except ValueError:
-        return str(p)
 
 

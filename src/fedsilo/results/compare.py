@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from fedsilo.config import ConfigError
-from fedsilo.results import format_table
+from fedsilo.results.summary import format_table
 
 
 def load_summary(run_dir: Path) -> dict:

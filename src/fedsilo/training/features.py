@@ -11,8 +11,6 @@ changes the outputs: backbone identity, max length, pooling, scope (and k) and t
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Protocol
@@ -20,6 +18,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from fedsilo.files import save_arrays
 from fedsilo.models.scoped import Batch
 
 
@@ -165,10 +164,7 @@ def _save(path: Path, value: dict[str, torch.Tensor]) -> None:
     """Write the payload with its checksum, atomically."""
     arrays = {k: v.numpy() for k, v in value.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    with os.fdopen(fd, "wb") as fh:
-        np.savez(fh, **arrays, **{CHECKSUM: _digest(arrays)})
-    os.replace(tmp, path)
+    save_arrays(path, {**arrays, CHECKSUM: _digest(arrays)})
 
 
 def _load(path: Path) -> dict[str, torch.Tensor] | None:

@@ -1,5 +1,5 @@
 """SCAFFOLD's math (Karimireddy et al., 2020, option II), shared by the institution's round
-(training/round.py) and the server strategy (strategies/scaffold.py)."""
+(node/round.py) and the server strategy (strategies/scaffold.py)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The run's records as lines of the ServerApp's log, and the run directory rebuilt from them.
 
 In a deployment the ServerApp runs on the SuperLink's host; whoever submitted the run is
-elsewhere and hears from it only through Flower's log stream. With ``output.stream`` (set
+elsewhere and hears from it only through Flower's log stream. With ``run.stream`` (set
 by ``fedsilo submit``) the ServerApp prints, besides its progress lines, one line per
 record: the resolved config, every metrics row, the summary, and the final shared arrays
 (as npz, base64, in chunks). ``RunRebuilder`` reads those lines on the submitting machine
@@ -17,14 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsilo import results
+from fedsilo.files import save_arrays
+from fedsilo.results.runlog import RunLog
 
 PREFIX = "@fedsilo "
 CHUNK = 48_000  # base64 characters per line of the arrays
 
 
 def emit(kind: str, data) -> None:
-    """Print one record line (only the ServerApp calls this, with ``output.stream``)."""
+    """Print one record line (only the ServerApp calls this, with ``run.stream``: fedsilo.facts)."""
     print(PREFIX + json.dumps({"kind": kind, "data": data}), flush=True)
 
 
@@ -55,7 +56,7 @@ class RunRebuilder:
 
     def __init__(self, run_dir: Path, plot: bool = True, tensorboard: bool = False):
         self.run_dir, self.plot = run_dir, plot
-        self.log = results.RunLog(run_dir, tensorboard=tensorboard)
+        self.log = RunLog(run_dir, tensorboard=tensorboard)
         self.summary: dict | None = None
         self._parts: dict[int, str] = {}
         self._of = 0
@@ -84,5 +85,5 @@ class RunRebuilder:
         """Write head.npz, summary.json and the plot; the summary."""
         blob = base64.b64decode("".join(self._parts[i] for i in range(self._of)))
         with np.load(io.BytesIO(blob)) as z:
-            results.save_arrays(self.run_dir / "head.npz", {k: z[k] for k in z.files})
+            save_arrays(self.run_dir / "head.npz", {k: z[k] for k in z.files})
         return self.log.finish(self.summary, plot=self.plot)

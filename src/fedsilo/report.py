@@ -30,7 +30,7 @@ def load_run(run_dir: Path) -> dict:
     if not (run_dir / "summary.json").is_file():
         raise ConfigError(f"report: '{run_dir}' is not a finished run directory (no "
                           f"summary.json)")
-    from fedsilo.results import read_rows
+    from fedsilo.results.rows import read_rows
 
     rows = read_rows(run_dir)
     config = (run_dir / "config.toml").read_text() if (run_dir / "config.toml").is_file() \
@@ -72,7 +72,7 @@ def write_report(paths: list[Path], out: Path | None = None) -> Path:
 
 # -- one run -----------------------------------------------------------------------------------
 def _one_run(run: dict) -> str:
-    from fedsilo.results import privacy_table
+    from fedsilo.results.summary import privacy_table
 
     sm, rows = run["summary"], run["rows"]
     g = sm["final"]["global"]
@@ -93,7 +93,7 @@ def _one_run(run: dict) -> str:
               f"<p>{html.escape((sm.get('privacy') or {}).get('note', 'none'))}</p>"]
     attacks = run["dir"] / "attacks.json"
     if attacks.is_file():  # fedsilo attack was run against it
-        from fedsilo.privacy.attacks import attack_table
+        from fedsilo.attacks.report import attack_table
 
         report = json.loads(attacks.read_text())
         parts += ["<h2>Attacks</h2>", f"<pre>{html.escape(attack_table(report))}</pre>"]

@@ -2,7 +2,7 @@
 process's backbone, device and cache.
 
 The ClientApp (clients/app.py) builds a ``Silo`` for every message and hands it to the
-round (fedsilo.training.round). Everything heavy is loaded once per process (one Ray actor
+round (fedsilo.node.round). Everything heavy is loaded once per process (one Ray actor
 serves many simulated institutions): the backbone, the scoped model and the cache. Every
 round loads the received shared arrays into the model before using it, so institutions
 served by the same actor never see each other's weights.
@@ -176,13 +176,14 @@ class Silo:
                 "num-train": len(inst.train_texts), "num-test": len(inst.test_texts)}
 
 
-def silo_for(s: Scenario, node_config: dict) -> Silo:
+def silo_for(s: Scenario, node_config: dict, cache_dir: str | None = None) -> Silo:
     """The institution this node serves, with this process's runtime for ``s``. A node's
-    ``cache-dir`` puts its feature cache (and built models) on its own disk."""
+    ``cache-dir`` puts its feature cache (and built models) on its own disk; otherwise
+    ``cache_dir`` (default ``simulation.cache_dir``)."""
     labels, inst = resolve_institution(s, node_config)
     torch.set_num_threads(max(1, int(s.simulation.cpus_per_client)))
-    cache_dir = str(node_config.get("cache-dir", s.simulation.cache_dir))
-    return Silo(s, inst, labels, runtime_for(s, cache_dir))
+    where = str(node_config.get("cache-dir", cache_dir or s.simulation.cache_dir))
+    return Silo(s, inst, labels, runtime_for(s, where))
 
 
 def ray_node() -> tuple[int, str] | None:

@@ -15,11 +15,16 @@ variant, reliable with few shadows).
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from fedsilo.attacks.membership import THREAT_OUTSIDER, membership
 from fedsilo.training.features import FeatureSource, Subset
+
+if TYPE_CHECKING:
+    from fedsilo.attacks.target import Target
 
 
 @torch.no_grad()
@@ -135,3 +140,47 @@ def run_shadows(s, model, pools, init: dict, count: int, device, progress=print
         conf.append(np.concatenate([confidence(model, src, y, device) for src, y in pools]))
         inside.append(np.concatenate(masks))
     return np.stack(conf), np.stack(inside)
+
+
+def _pools(t: Target):
+    """Each institution's training and held-out records as one source (training first)."""
+    from fedsilo.baselines import pooled_source
+    from fedsilo.node.silo import features, labels_of
+
+    s, fed, rt, model = t.scenario, t.federation, t.runtime, t.model
+    pools, n_train = [], []
+    for inst in fed.institutions:
+        src = pooled_source([features(s, rt, model, inst, "train"),
+                             features(s, rt, model, inst, "test")])
+        pools.append((src, np.concatenate([labels_of(inst, "train"),
+                                           labels_of(inst, "test")])))
+        n_train.append(len(inst.train_texts))
+    return pools, n_train
+
+
+def lira_attack(t: Target, shadows: int, progress=print) -> dict:
+    """Online and offline LiRA (fixed variance) with ``shadows`` shadow federations."""
+    s, fed, rt, model = t.scenario, t.federation, t.runtime, t.model
+    pools, n_train = _pools(t)
+    model.set_arrays(t.final)
+    target = np.concatenate([confidence(model, src, y, rt.device) for src, y in pools])
+    progress(f"attack: LiRA, training {shadows} shadow federations ({s.scenario.rounds} "
+             f"rounds each, FedAvg, on random halves of every institution's records)")
+    conf, inside = run_shadows(s, model, pools, t.initial, shadows, rt.device, progress)
+    online, offline = scores(target, conf, inside)
+    out = {"shadows": shadows,
+           "shadow_training": "FedAvg over the same institutions with the run's local "
+                              "training" + (" (DP-SGD)" if s.privacy.dp else "")
+                              + f"; the run's strategy: {s.strategy.name}"}
+    from fedsilo.training import trained_rows
+
+    for name, sc in (("online", online), ("offline", offline)):
+        per, at = {}, 0
+        for inst, (src, _), n in zip(fed.institutions, pools, n_train, strict=True):
+            part = sc[at:at + len(src)]
+            # members: the rows trained on (a validation holdout is neither)
+            per[inst.name] = (part[:n][trained_rows(s, inst.name, n)], part[n:])
+            at += len(src)
+        out[name] = membership(per, f"LiRA {name}, fixed variance (Carlini et al. 2022)",
+                               THREAT_OUTSIDER)
+    return out

@@ -25,10 +25,11 @@ from fedsilo.arrays import Arrays
 from fedsilo.config import Scenario, TrainSection
 from fedsilo.faults import attack_update, flip_labels, flips_labels
 from fedsilo.models.scoped import ScopedModel
+from fedsilo.node.memory import Memory
+from fedsilo.node.silo import Silo
 from fedsilo.privacy import dpsgd
 from fedsilo.privacy.central import clip_update
 from fedsilo.protocol import NORM_BIT, NUM_EXAMPLES, PRIVATE_PREFIX
-from fedsilo.silo import Silo
 from fedsilo.training import (
     TrainStats,
     evaluate,
@@ -38,7 +39,6 @@ from fedsilo.training import (
     round_seed,
 )
 from fedsilo.training import scaffold as sc
-from fedsilo.training.memory import Memory
 
 
 @dataclass

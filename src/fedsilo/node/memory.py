@@ -11,14 +11,13 @@ The server never sees it.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from fedsilo.arrays import Arrays
+from fedsilo.files import save_arrays
 
 # Snapshots kept per institution. With evaluation riding on training, round r-1's checkpoint
 # is committed after the nodes trained round r, so a run killed just before round r's commit
@@ -51,13 +50,7 @@ def store(directory: Path, memory: Memory) -> None:
     arrays.update({f"personal/{k}": v for k, v in (memory.personal or {}).items()})
     if memory.dp_steps is not None:
         arrays["dp_steps"] = np.asarray(memory.dp_steps)
-    path = directory / f"round-{memory.round:04d}.npz"
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    save_arrays(directory / f"round-{memory.round:04d}.npz", arrays)
     for old in sorted(directory.glob("round-*.npz"))[:-KEEP]:
         old.unlink(missing_ok=True)
 

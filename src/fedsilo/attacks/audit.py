@@ -72,3 +72,31 @@ def bound_curve(epsilon: float, delta: float, fpr: np.ndarray) -> np.ndarray:
     e = math.exp(min(epsilon, 700.0))
     return np.minimum.reduce([np.ones_like(fpr), e * fpr + delta,
                               1 - (1 - delta - fpr) / e])
+
+
+def dp_audit(summary: dict, report: dict) -> dict | None:
+    """For a DP run: each membership attack's federation ROC against the bound the run's
+    epsilon implies, and the epsilon the attack proves."""
+    from fedsilo.attacks.membership import federation_rocs
+
+    priv = summary.get("privacy") or {}
+    insts, server = priv.get("institutions") or {}, priv.get("server")
+    if insts:
+        eps = max(v["epsilon"] for v in insts.values())
+        delta = max(v["delta"] for v in insts.values())
+        guarantee = "record level (DP-SGD), the largest institution's epsilon"
+    elif server:
+        eps, delta = server["epsilon"], server["delta"]
+        guarantee = ("institution level (central DP): it bounds each record too, since a "
+                     "record changes only its institution's update")
+    else:
+        return None
+    if not federation_rocs(report):
+        return None
+    out = {"epsilon": eps, "delta": delta, "guarantee": guarantee, "attacks": {}}
+    for name, fedr in federation_rocs(report).items():
+        got = epsilon_lower_bound(fedr["roc"]["fpr"], fedr["roc"]["tpr"],
+                                        fedr["members"], fedr["non_members"], delta)
+        got["respects_bound"] = respects(eps, delta, got)
+        out["attacks"][name] = got
+    return out

@@ -9,7 +9,8 @@ label counts are ``sum_i p_i - S``. For ``sum_i p_i`` it needs the model's mean 
 on data it never sees: the weight update gives it away too, since when the inputs share a
 large common part ``mu`` (as sentence embeddings do) each row of the weight update is about
 the bias update times ``mu``. The server estimates ``mu`` by least squares over the rows and
-takes the prediction of the model it sent at ``mu`` (iDLG, Zhao et al. 2020, and its
+takes the prediction of the model it sent at ``mu`` (strategies/view.py, as the replies
+arrive; iDLG, Zhao et al. 2020, and its
 count-recovering successors). For one step the recovery is almost exact; over several
 steps the model moves while it trains and the estimate coarsens. Adam and AdamW normalise
 each coordinate's step, so the size of the bias update says little under them: the
@@ -29,18 +30,6 @@ import numpy as np
 
 THREAT_SERVER = ("honest-but-curious server: it sees every reply it receives each round "
                  "(under SecAgg+ only their aggregate) and knows the run's configuration")
-
-
-def mean_input_logits(sent_weight: np.ndarray, sent_bias: np.ndarray,
-                      weight_update: np.ndarray, bias_update: np.ndarray) -> np.ndarray:
-    """The sent output layer's logits at the mean input estimated from an update:
-    ``mu = argmin sum_c ||dW_c - db_c mu||^2``."""
-    db = np.asarray(bias_update, dtype=np.float64)
-    dw = np.asarray(weight_update, dtype=np.float64)
-    denom = float(db @ db)
-    mu = db @ dw / denom if denom > 0 else np.zeros(dw.shape[1])
-    return np.asarray(sent_weight, dtype=np.float64) @ mu + np.asarray(sent_bias,
-                                                                       dtype=np.float64)
 
 
 def recover_counts(update: np.ndarray, examples: int, step_size_sum: float,
@@ -167,7 +156,7 @@ def _summary(rounds: list[dict], true: np.ndarray) -> dict:
 
 
 def label_table(report: dict) -> str:
-    from fedsilo.results import format_table
+    from fedsilo.results.summary import format_table
 
     lines = [f"{report['attack']}; threat model: {report['threat_model']}"]
     if report["institutions"]:
@@ -189,11 +178,11 @@ def label_table(report: dict) -> str:
 
 def read_rows(run_dir: Path) -> list[dict]:
     """The run's metrics rows, or one line on what is wrong with them."""
-    from fedsilo import results
     from fedsilo.config import ConfigError
+    from fedsilo.results.rows import read_rows
 
     try:
-        return results.read_rows(run_dir)
+        return read_rows(run_dir)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"attack: cannot read the rounds of '{run_dir}' from "
                           f"metrics.jsonl ({exc})") from None
