@@ -68,7 +68,7 @@ def deployed(name: str, cfg: str | None, sets: list[str], work: Path, cache: Pat
              poll_s: float, per_message: bool) -> dict:
     root = work / name.split()[0].strip("()")
     root.mkdir()
-    out = fedsilo("export", *([cfg] if cfg else []), *_sets(sets), "data", cwd=root)
+    out = fedsilo("split", *([cfg] if cfg else []), *_sets(sets), "data", cwd=root)
     if out.returncode != 0:
         raise SystemExit(f"export failed: {out.stderr.strip()}")
     names = sorted(p.stem for p in (root / "data").glob("*.csv"))

@@ -15,7 +15,7 @@
     fedsilo report RUN_DIR...                      a self-contained HTML page
     fedsilo keys                                   list every config key with its default
 
-Deployment (fedsilo.deploy.cli): certs, export, superlink, register, node, submit.
+Deployment (fedsilo.deploy.cli): certs, split, superlink, register, node, submit.
 
 Exit codes: 0 success, 1 a run that failed, 2 bad input (config, data, arguments),
 130 interrupted.

@@ -45,7 +45,7 @@ def federation(tmp_path_factory, cache_dir):
     """A SuperLink and three registered institutions' nodes, each on its own file; every
     node records which CSV files its processes open."""
     root = tmp_path_factory.mktemp("deployment")
-    out = fedsilo("export", str(CONFIGS / "smoke.toml"), "all-data", cwd=root)
+    out = fedsilo("split", str(CONFIGS / "smoke.toml"), "all-data", cwd=root)
     assert out.returncode == 0, out.stderr
     site = root / "site"
     site.mkdir()

@@ -1,7 +1,7 @@
-"""The deployment commands of ``fedsilo``: certs, export, superlink, register, node, submit.
+"""The deployment commands of ``fedsilo``: certs, split, superlink, register, node, submit.
 
     fedsilo certs OUT_DIR --superlink-host NAME_OR_IP... --nodes bank-a,hospital-b,...
-    fedsilo export [CONFIG] OUT_DIR          each institution's rows as its own CSV file
+    fedsilo split [CONFIG] OUT_DIR           each institution's rows as its own CSV file
     fedsilo superlink --certs DIR [--host 0.0.0.0] [--port 8000] [--database FILE]
     fedsilo register KEY.pub --name NAME --superlink HOST:PORT --ca ca.crt
     fedsilo node --superlink HOST:PORT --ca ca.crt --key KEY --institution NAME --data FILE
@@ -30,7 +30,7 @@ def add_parsers(sub, scenario_args) -> None:
     p.add_argument("--nodes", required=True, metavar="NAME,NAME",
                    help="the institutions, comma-separated: one key pair each")
 
-    p = sub.add_parser("export", help="write each institution's rows of a scenario to its "
+    p = sub.add_parser("split", help="write each institution's rows of a scenario to its "
                        "own CSV file (to try a deployment on one machine)")
     scenario_args(p)
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
@@ -108,7 +108,7 @@ def cmd_certs(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def cmd_split(args: argparse.Namespace) -> int:
     from fedsilo.data.federation import export_institutions
 
     s = config.load(args.config, args.overrides)
@@ -233,5 +233,5 @@ def _exec(cmd: list[str], env: dict[str, str], only_print: bool) -> int:
     return 1  # not reached
 
 
-HANDLERS = {"certs": cmd_certs, "export": cmd_export, "superlink": cmd_superlink,
+HANDLERS = {"certs": cmd_certs, "split": cmd_split, "superlink": cmd_superlink,
             "register": cmd_register, "node": cmd_node, "submit": cmd_submit}
